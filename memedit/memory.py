@@ -1,0 +1,349 @@
+"""``Memory``: the Python API over the store, the embedder and the per-namespace indexes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, TextIO
+
+import numpy as np
+
+from .edit import Edit, _check_text, new_edit_id, utc_now
+from .embeddings import DEFAULT_EMBEDDER, Embedder, get_embedder
+from .errors import ConflictError, EditError, ImportFailed
+from .index import HNSW_THRESHOLD, NamespaceIndex, index_folder
+from .store import STATUSES, Event, Store, StoredEdit, row_to_edit
+
+DEFAULT_DB = "memedit.db"
+DEFAULT_NAMESPACE = "default"
+MAX_K = 1_000
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: a stored edit and its cosine similarity to the query."""
+
+    edit: StoredEdit
+    score: float
+
+
+class _Shared:
+    """What every namespace view of one database shares: the store, the embedder, the indexes."""
+
+    def __init__(self, path: str, embedder: Embedder | str, hnsw_threshold: int) -> None:
+        self.path = path
+        self.store = Store(path)
+        self._embedder = embedder
+        self.hnsw_threshold = hnsw_threshold
+        self.indexes: dict[str, NamespaceIndex] = {}
+
+    @property
+    def embedder(self) -> Embedder:
+        if isinstance(self._embedder, str):
+            self._embedder = get_embedder(self._embedder)
+        return self._embedder
+
+    @property
+    def embedder_name(self) -> str:
+        return self._embedder if isinstance(self._embedder, str) else self._embedder.name
+
+    def index(self, namespace: str) -> NamespaceIndex:
+        if namespace not in self.indexes:
+            embedder = self.embedder
+            self.indexes[namespace] = NamespaceIndex(
+                self.store, namespace, embedder.name, embedder.dim,
+                vectors=lambda rids: self.vectors(namespace, rids),
+                folder=index_folder(self.path), hnsw_threshold=self.hnsw_threshold)
+        return self.indexes[namespace]
+
+    def vectors(self, namespace: str, rids: Any) -> np.ndarray:
+        """Cached vectors of these edits; any not cached for this embedder are embedded now."""
+        cached = self.store.vectors(rids, self.embedder.name)
+        missing = [int(r) for r in rids if int(r) not in cached]
+        if missing:
+            rows = self.store.rows_by_rid(namespace, missing)
+            fresh = self.embedder.encode([rows[r]["statement"] for r in missing])
+            cached.update(zip(missing, fresh))
+        return np.stack([cached[int(r)] for r in rids]) if len(rids) else np.zeros((0, self.embedder.dim), np.float32)
+
+    def close(self) -> None:
+        for index in self.indexes.values():
+            index.save()
+        self.store.close()
+
+
+class Memory:
+    """A durable memory of edits, scoped to one namespace.
+
+    >>> memory = Memory("memedit.db", namespace="alice")
+    >>> memory.add(subject="France", prompt="The capital of {} is", target="Lyon", old_target="Paris")
+    >>> memory.search("What is the capital of France?", k=3)
+
+    ``with_namespace(name)`` gives a view of another namespace over the same database.
+    Call ``close()`` (or use ``with``) to save the search indexes; if a process ends
+    without it, the next open catches the index up from the event log.
+    """
+
+    def __init__(self, path: str | Path = DEFAULT_DB, namespace: str = DEFAULT_NAMESPACE,
+                 embedder: Embedder | str = DEFAULT_EMBEDDER, hnsw_threshold: int = HNSW_THRESHOLD,
+                 _shared: _Shared | None = None) -> None:
+        self.namespace = check_namespace(namespace)
+        self._shared = _shared or _Shared(str(path), embedder, hnsw_threshold)
+        self.path = self._shared.path
+
+    def with_namespace(self, namespace: str) -> "Memory":
+        """A view of ``namespace`` in the same database (sharing its connection and embedder)."""
+        return Memory(namespace=namespace, _shared=self._shared)
+
+    @property
+    def _store(self) -> Store:
+        return self._shared.store
+
+    @property
+    def index(self) -> NamespaceIndex:
+        """This namespace's search index (opened, checked and caught up on first use)."""
+        return self._shared.index(self.namespace)
+
+    # -- writing ------------------------------------------------------------------
+
+    def add(self, edit: Edit | dict[str, Any] | None = None, **fields: Any) -> StoredEdit:
+        """Store one edit, given as an ``Edit``, a dict, or keyword fields. Returns it as stored."""
+        if edit is None:
+            edit = Edit(**fields)
+        elif fields:
+            raise TypeError("pass either an edit or keyword fields, not both")
+        return self.add_many([edit])[0]
+
+    def add_many(self, edits: Iterable[Edit | dict[str, Any]], progress: bool = False) -> list[StoredEdit]:
+        """Store many edits in one transaction (all or none), embedding them in batches."""
+        return self._write_all([(self._prepare(e), "active") for e in edits], via="add", progress=progress)
+
+    def retract(self, edit_id: str, reason: str | None = None) -> StoredEdit:
+        """Take an edit off the memory. If it had superseded an edit, that one becomes active again."""
+        reason = _check_text("reason", reason, 1_000)
+        with self._store.write():
+            self._retract(edit_id, reason)
+        self.index.sync()
+        return self.get(edit_id)
+
+    def _prepare(self, edit: Edit | dict[str, Any]) -> Edit:
+        if isinstance(edit, dict):
+            edit = Edit.from_dict(edit)
+        elif not isinstance(edit, Edit):
+            raise TypeError(f"expected an Edit or a dict of edit fields, got {type(edit).__name__}")
+        if edit.namespace is not None and edit.namespace != self.namespace:
+            raise EditError("namespace", f"is {edit.namespace!r} but this memory is scoped to {self.namespace!r}; "
+                                         f"use memory.with_namespace({edit.namespace!r}) or leave namespace out")
+        return edit.replace(namespace=self.namespace, id=edit.id or new_edit_id(), created_at=edit.created_at or utc_now())
+
+    def _write_all(self, items: list[tuple[Edit, str]], via: str, progress: bool) -> list[StoredEdit]:
+        seen: set[str] = set()
+        for edit, _ in items:
+            if edit.id in seen:
+                raise ConflictError(f"id {edit.id!r} appears twice in this batch; give each edit its own id or leave id out")
+            seen.add(edit.id)
+        embedder = self._shared.embedder
+        vectors = embedder.encode([e.statement for e, _ in items], progress=progress)
+        with self._store.write():
+            for (edit, status), vector in zip(items, vectors):
+                self._write_one(edit, vector, status, via)
+        index = self.index
+        index.sync()
+        if len(items) >= 100:
+            index.save()
+        return [self.get(e.id) for e, _ in items]
+
+    def _write_one(self, edit: Edit, vector: np.ndarray, status: str, via: str) -> None:
+        store, ns = self._store, self.namespace
+        replaced = {}
+        if edit.supersedes is not None:
+            row = store.row(ns, edit.supersedes)
+            if row["status"] != "active":
+                raise ConflictError(f"edit {edit.id!r} supersedes {edit.supersedes!r}, which is already {row['status']}; "
+                                    f"supersede the active edit instead")
+            replaced[row["rid"]] = row
+        if edit.key is not None and (row := store.active_row_by_key(ns, edit.key)) is not None:
+            replaced[row["rid"]] = row
+            if edit.supersedes is None:
+                edit = edit.replace(supersedes=row["id"])
+        rid = store.insert_edit(edit)
+        store.put_vector(rid, self._shared.embedder.name, vector)
+        store.log(ns, edit.id, rid, "add", via=via, supersedes=[r["id"] for r in replaced.values()])
+        for old_rid, row in replaced.items():
+            store.set_status(old_rid, "superseded", edit.id)
+            store.log(ns, row["id"], old_rid, "supersede", by=edit.id)
+        if status == "retracted":
+            self._retract(edit.id, "imported as retracted")
+
+    def _retract(self, edit_id: str, reason: str | None) -> None:
+        store, ns = self._store, self.namespace
+        row = store.row(ns, edit_id)
+        if row["status"] == "retracted":
+            raise ConflictError(f"edit {edit_id!r} in namespace {ns!r} is already retracted")
+        store.set_status(row["rid"], "retracted", row["superseded_by"])
+        store.log(ns, edit_id, row["rid"], "retract", reason=reason, was=row["status"])
+        if row["status"] != "active" or row["supersedes"] is None:
+            return
+        try:
+            previous = store.row(ns, row["supersedes"])
+        except LookupError:
+            return
+        blocked = previous["key"] is not None and store.active_row_by_key(ns, previous["key"]) is not None
+        if previous["status"] == "superseded" and previous["superseded_by"] == edit_id and not blocked:
+            store.set_status(previous["rid"], "active", None)
+            store.log(ns, previous["id"], previous["rid"], "restore", after_retract_of=edit_id)
+
+    # -- reading -----------------------------------------------------------------
+
+    def get(self, edit_id: str) -> StoredEdit:
+        """The edit with this id in this namespace (any status); EditNotFound otherwise."""
+        return row_to_edit(self._store.row(self.namespace, edit_id))
+
+    def list(self, status: str | None = "active", kind: str | None = None, subject: str | None = None,
+             source: str | None = None, limit: int | None = None, offset: int = 0) -> list[StoredEdit]:
+        """Edits of this namespace in the order they were added. ``status=None`` lists every status."""
+        if status is not None and status not in STATUSES:
+            raise ValueError(f"status must be one of {', '.join(STATUSES)} (or None for all); got {status!r}")
+        rows = self._store.list_rows(self.namespace, status, kind, subject, source, limit, offset)
+        return [row_to_edit(r) for r in rows]
+
+    def search(self, query: str, k: int = 5) -> list[Hit]:
+        """The ``k`` active edits whose statements are nearest to ``query``, best first."""
+        if not isinstance(query, str) or not query.strip():
+            raise ValueError(f"query must be non-empty text, got {query!r}")
+        return self.search_vector(self._shared.embedder.encode_one(query), k)
+
+    def search_vector(self, vector: np.ndarray, k: int = 5) -> list[Hit]:
+        """Like ``search``, for a query already embedded (normalised, embedder's dimension)."""
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
+            raise ValueError(f"k must be a whole number from 1 to {MAX_K}, got {k!r}")
+        index = self.index
+        index.sync()
+        hits = index.search(vector, k)
+        rows = self._store.rows_by_rid(self.namespace, [rid for rid, _ in hits])
+        return [Hit(row_to_edit(rows[rid]), score) for rid, score in hits
+                if rid in rows and rows[rid]["status"] == "active"]
+
+    def history(self, edit_id: str | None = None, limit: int | None = None) -> list[Event]:
+        """The event log of one edit, or of the whole namespace, oldest first."""
+        return self._store.history(self.namespace, edit_id, limit)
+
+    def stats(self) -> dict[str, Any]:
+        """Counts of this namespace's edits by status and kind, events, and where things are stored."""
+        out = {"namespace": self.namespace, "db": self.path, **self._store.counts(self.namespace)}
+        loaded = self._shared.indexes.get(self.namespace)
+        out["index"] = {"kind": loaded.kind, "size": len(loaded.live)} if loaded else None
+        out["embedder"] = self._shared.embedder_name
+        return out
+
+    # -- JSONL --------------------------------------------------------------------
+
+    def export_jsonl(self, out: str | Path | TextIO, active_only: bool = False) -> int:
+        """Write this namespace's edits as JSONL (oldest first) with their status; returns the count.
+
+        With ``active_only`` only active edits are written, without ``supersedes`` links.
+        """
+        edits = self.list(status="active" if active_only else None)
+        handle, close = (open(out, "w", encoding="utf-8"), True) if isinstance(out, (str, Path)) else (out, False)
+        try:
+            for edit in edits:
+                record = edit.to_dict()
+                record.pop("superseded_by")
+                if active_only:
+                    record["supersedes"] = None
+                handle.write(json.dumps({k: v for k, v in record.items() if v not in (None, [])}, ensure_ascii=False) + "\n")
+        finally:
+            if close:
+                handle.close()
+        return len(edits)
+
+    def import_jsonl(self, source: str | Path | TextIO, progress: bool = False) -> list[StoredEdit]:
+        """Add the edits of a JSONL file (one edit object a line) in one transaction.
+
+        Every line is checked first; if any is bad, nothing is imported and ``ImportFailed``
+        lists each bad line and why. Lines keep their ``id`` and ``created_at``; their
+        ``namespace`` is ignored (edits go into this memory's namespace); a ``status`` of
+        ``retracted`` is kept.
+        """
+        name = str(source) if isinstance(source, (str, Path)) else getattr(source, "name", "<input>")
+        if isinstance(source, (str, Path)):
+            try:
+                with open(source, encoding="utf-8") as f:
+                    lines = f.readlines()
+            except (OSError, UnicodeDecodeError) as err:
+                raise ImportFailed(name, [(0, f"cannot read the file: {err}")]) from None
+        else:
+            lines = source.readlines()
+        items, errors = self._parse_lines(lines)
+        if errors:
+            raise ImportFailed(name, errors)
+        return self._write_all(items, via="import", progress=progress)
+
+    def _parse_lines(self, lines: list[str]) -> tuple[list[tuple[Edit, str]], list[tuple[int, str]]]:
+        items: list[tuple[Edit, str]] = []
+        errors: list[tuple[int, str]] = []
+        ids: dict[str, int] = {}
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict):
+                    raise EditError("(line)", f"must be a JSON object with edit fields, got {type(record).__name__}")
+                status = record.pop("status", "active")
+                record.pop("superseded_by", None)
+                record.pop("namespace", None)
+                if status not in ("active", "superseded", "retracted"):
+                    raise EditError("status", f"must be active, superseded or retracted; got {status!r}")
+                edit = self._prepare(Edit.from_dict(record))
+            except json.JSONDecodeError as err:
+                errors.append((number, f"not valid JSON ({err.msg} at column {err.colno})"))
+                continue
+            except (EditError, TypeError) as err:
+                errors.append((number, str(err)))
+                continue
+            if edit.id in ids:
+                errors.append((number, f"id {edit.id!r} is also on line {ids[edit.id]}; ids must be unique"))
+                continue
+            problem = self._line_conflict(edit, ids)
+            if problem:
+                errors.append((number, problem))
+                continue
+            ids[edit.id] = number
+            items.append((edit, "retracted" if status == "retracted" else "active"))
+        return items, errors
+
+    def _line_conflict(self, edit: Edit, earlier: dict[str, int]) -> str | None:
+        store, ns = self._store, self.namespace
+        if store.conn.execute("SELECT 1 FROM edits WHERE namespace = ? AND id = ?", (ns, edit.id)).fetchone():
+            return f"id {edit.id!r} already exists in namespace {ns!r}; drop the id field to import it as a new edit"
+        if edit.supersedes is not None and edit.supersedes not in earlier:
+            if not store.conn.execute("SELECT 1 FROM edits WHERE namespace = ? AND id = ?", (ns, edit.supersedes)).fetchone():
+                return (f"supersedes {edit.supersedes!r}, which is neither in namespace {ns!r} nor earlier in the file; "
+                        f"remove the field or import that edit first")
+        return None
+
+    # -- lifetime ------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Save changed indexes and close the database."""
+        self._shared.close()
+
+    def __enter__(self) -> "Memory":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Memory({self.path!r}, namespace={self.namespace!r})"
+
+
+def check_namespace(namespace: Any) -> str:
+    """A namespace is non-empty text of at most 200 characters."""
+    try:
+        return _check_text("namespace", namespace, 200, required=True)
+    except EditError as err:
+        raise ValueError(f"namespace {str(err).split(': ', 1)[1]}") from None

@@ -1,0 +1,251 @@
+"""The SQLite store: edits, the append-only event log and cached embeddings.
+
+The store is the only source of truth. Every write runs in one ``BEGIN IMMEDIATE``
+transaction, so a crash leaves either all of a write or none of it. Every query
+takes the namespace; nothing here reads across namespaces except ``namespaces()``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+from sqlite_utils import Database
+
+from .edit import Edit, utc_now
+from .errors import ConflictError, EditNotFound
+
+SCHEMA_VERSION = 1
+STATUSES = ("active", "superseded", "retracted")
+EDIT_COLUMNS = ("id", "namespace", "kind", "subject", "relation", "target", "old_target", "prompt",
+                "statement", "aliases", "source", "supersedes", "created_at")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS edits (
+    rid INTEGER PRIMARY KEY,
+    namespace TEXT NOT NULL,
+    id TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('insert', 'modify', 'erase')),
+    subject TEXT, relation TEXT, target TEXT, old_target TEXT, prompt TEXT,
+    statement TEXT NOT NULL,
+    aliases TEXT NOT NULL DEFAULT '[]',
+    source TEXT, supersedes TEXT,
+    created_at TEXT NOT NULL,
+    key TEXT,
+    status TEXT NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'superseded', 'retracted')),
+    superseded_by TEXT,
+    UNIQUE (namespace, id)
+);
+CREATE INDEX IF NOT EXISTS edits_by_key ON edits (namespace, key, status);
+CREATE INDEX IF NOT EXISTS edits_by_status ON edits (namespace, status);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    namespace TEXT NOT NULL,
+    edit_id TEXT,
+    edit_rid INTEGER,
+    action TEXT NOT NULL,
+    at TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS events_by_namespace ON events (namespace, seq);
+CREATE INDEX IF NOT EXISTS events_by_edit ON events (namespace, edit_id, seq);
+CREATE TABLE IF NOT EXISTS embeddings (
+    edit_rid INTEGER PRIMARY KEY REFERENCES edits (rid),
+    model TEXT NOT NULL,
+    vector BLOB NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class StoredEdit(Edit):
+    """An edit as the store holds it: with its status and, if superseded, the newer edit's id."""
+
+    status: str = "active"
+    superseded_by: str | None = None
+
+
+@dataclass(frozen=True)
+class Event:
+    """One entry of the append-only event log."""
+
+    seq: int
+    namespace: str
+    edit_id: str | None
+    action: str
+    at: str
+    detail: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"seq": self.seq, "namespace": self.namespace, "edit_id": self.edit_id,
+                "action": self.action, "at": self.at, "detail": self.detail}
+
+
+def row_to_edit(row: dict[str, Any]) -> StoredEdit:
+    fields = {name: row[name] for name in EDIT_COLUMNS}
+    fields["aliases"] = tuple(json.loads(row["aliases"]))
+    return StoredEdit(**fields, status=row["status"], superseded_by=row["superseded_by"])
+
+
+class Store:
+    """Edits, events and embeddings in one SQLite file (WAL mode)."""
+
+    def __init__(self, path: str, timeout: float = 30.0) -> None:
+        self.path = path
+        conn = sqlite3.connect(path, timeout=timeout, check_same_thread=False)
+        self.db = Database(conn)
+        self.conn = conn
+        if path != ":memory:":
+            self.db.enable_wal()
+        self.db.execute("PRAGMA foreign_keys = ON")
+        with self.write():
+            self.db.executescript(SCHEMA)
+            version = self.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if version is None:
+                self.conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            elif int(version[0]) > SCHEMA_VERSION:
+                raise ConflictError(f"{path} was written by a newer memedit (schema {version[0]}); upgrade memedit to open it")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- transactions -------------------------------------------------------
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        """One write transaction, taken at once so concurrent writers queue instead of deadlocking."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """A read transaction: every query inside sees the same committed state."""
+        if self.conn.in_transaction:
+            yield
+            return
+        self.conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self.conn.execute("COMMIT")
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        return list(self.db.query(sql, params))
+
+    # -- writes (call inside write()) ----------------------------------------
+
+    def log(self, namespace: str, edit_id: str | None, rid: int | None, action: str, **detail: Any) -> int:
+        cur = self.conn.execute(
+            "INSERT INTO events (namespace, edit_id, edit_rid, action, at, detail) VALUES (?, ?, ?, ?, ?, ?)",
+            (namespace, edit_id, rid, action, utc_now(), json.dumps(detail, ensure_ascii=False)),
+        )
+        return cur.lastrowid
+
+    def insert_edit(self, edit: Edit, status: str = "active") -> int:
+        values = [getattr(edit, name) for name in EDIT_COLUMNS]
+        values[EDIT_COLUMNS.index("aliases")] = json.dumps(list(edit.aliases), ensure_ascii=False)
+        try:
+            cur = self.conn.execute(
+                f"INSERT INTO edits ({', '.join(EDIT_COLUMNS)}, key, status) VALUES ({', '.join('?' * (len(EDIT_COLUMNS) + 2))})",
+                (*values, edit.key, status),
+            )
+        except sqlite3.IntegrityError:
+            raise ConflictError(f"an edit with id {edit.id!r} already exists in namespace {edit.namespace!r}; leave id out to get a new one") from None
+        return cur.lastrowid
+
+    def put_vector(self, rid: int, model: str, vector: np.ndarray) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO embeddings (edit_rid, model, vector) VALUES (?, ?, ?)",
+            (rid, model, np.asarray(vector, dtype=np.float32).tobytes()),
+        )
+
+    def set_status(self, rid: int, status: str, superseded_by: str | None = None) -> None:
+        self.conn.execute("UPDATE edits SET status = ?, superseded_by = ? WHERE rid = ?", (status, superseded_by, rid))
+
+    # -- reads ----------------------------------------------------------------
+
+    def row(self, namespace: str, edit_id: str) -> dict[str, Any]:
+        rows = self._rows("SELECT * FROM edits WHERE namespace = ? AND id = ?", (namespace, edit_id))
+        if not rows:
+            raise EditNotFound(edit_id, namespace)
+        return rows[0]
+
+    def active_row_by_key(self, namespace: str, key: str) -> dict[str, Any] | None:
+        rows = self._rows("SELECT * FROM edits WHERE namespace = ? AND key = ? AND status = 'active'", (namespace, key))
+        return rows[0] if rows else None
+
+    def rows_by_rid(self, namespace: str, rids: Sequence[int]) -> dict[int, dict[str, Any]]:
+        out: dict[int, dict[str, Any]] = {}
+        for start in range(0, len(rids), 500):
+            chunk = [int(r) for r in rids[start:start + 500]]
+            marks = ",".join("?" * len(chunk))
+            for row in self._rows(f"SELECT * FROM edits WHERE namespace = ? AND rid IN ({marks})", (namespace, *chunk)):
+                out[row["rid"]] = row
+        return out
+
+    def list_rows(self, namespace: str, status: str | None = "active", kind: str | None = None,
+                  subject: str | None = None, source: str | None = None,
+                  limit: int | None = None, offset: int = 0) -> list[dict[str, Any]]:
+        where, params = ["namespace = ?"], [namespace]
+        for column, value in (("status", status), ("kind", kind), ("source", source)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if subject is not None:
+            where.append("subject = ? COLLATE NOCASE")
+            params.append(subject)
+        sql = f"SELECT * FROM edits WHERE {' AND '.join(where)} ORDER BY rid LIMIT ? OFFSET ?"
+        return self._rows(sql, (*params, -1 if limit is None else limit, offset))
+
+    def active_rids(self, namespace: str) -> np.ndarray:
+        cur = self.conn.execute("SELECT rid FROM edits WHERE namespace = ? AND status = 'active' ORDER BY rid", (namespace,))
+        return np.fromiter((r[0] for r in cur), dtype=np.int64)
+
+    def vectors(self, rids: Sequence[int], model: str) -> dict[int, np.ndarray]:
+        """Cached vectors of these edits for this embedder model (missing ones are absent)."""
+        out: dict[int, np.ndarray] = {}
+        for start in range(0, len(rids), 500):
+            chunk = [int(r) for r in rids[start:start + 500]]
+            marks = ",".join("?" * len(chunk))
+            cur = self.conn.execute(f"SELECT edit_rid, vector FROM embeddings WHERE model = ? AND edit_rid IN ({marks})", (model, *chunk))
+            for rid, blob in cur:
+                out[rid] = np.frombuffer(blob, dtype=np.float32)
+        return out
+
+    def max_seq(self, namespace: str) -> int:
+        return self.conn.execute("SELECT coalesce(max(seq), 0) FROM events WHERE namespace = ?", (namespace,)).fetchone()[0]
+
+    def events_since(self, namespace: str, seq: int) -> list[tuple[int, int | None, str]]:
+        """(seq, edit_rid, action) of the namespace's events after ``seq``, in order."""
+        cur = self.conn.execute("SELECT seq, edit_rid, action FROM events WHERE namespace = ? AND seq > ? ORDER BY seq", (namespace, seq))
+        return cur.fetchall()
+
+    def history(self, namespace: str, edit_id: str | None = None, limit: int | None = None) -> list[Event]:
+        if edit_id is None:
+            rows = self._rows("SELECT * FROM events WHERE namespace = ? ORDER BY seq LIMIT ?", (namespace, -1 if limit is None else limit))
+        else:
+            self.row(namespace, edit_id)  # raises EditNotFound
+            rows = self._rows("SELECT * FROM events WHERE namespace = ? AND edit_id = ? ORDER BY seq LIMIT ?",
+                              (namespace, edit_id, -1 if limit is None else limit))
+        return [Event(r["seq"], r["namespace"], r["edit_id"], r["action"], r["at"], json.loads(r["detail"])) for r in rows]
+
+    def counts(self, namespace: str) -> dict[str, Any]:
+        by_status = {s: 0 for s in STATUSES}
+        by_kind: dict[str, int] = {}
+        for status, kind, n in self.conn.execute(
+                "SELECT status, kind, count(*) FROM edits WHERE namespace = ? GROUP BY status, kind", (namespace,)):
+            by_status[status] += n
+            if status == "active":
+                by_kind[kind] = by_kind.get(kind, 0) + n
+        events = self.conn.execute("SELECT count(*) FROM events WHERE namespace = ?", (namespace,)).fetchone()[0]
+        return {"edits": sum(by_status.values()), "by_status": by_status, "active_by_kind": by_kind, "events": events}
