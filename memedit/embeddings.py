@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import threading
 from pathlib import Path
 
@@ -41,10 +42,22 @@ class Embedder:
         """Embed ``texts`` in batches; returns an array of shape (len(texts), dim)."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        vectors = self._model.encode(
-            list(texts), batch_size=batch_size, normalize_embeddings=True,
-            convert_to_numpy=True, show_progress_bar=progress,
-        )
+        texts = list(texts)
+        if not progress:
+            return self._encode(texts, batch_size)
+        from tqdm import tqdm
+
+        chunk = batch_size * 16
+        parts = []
+        with tqdm(total=len(texts), desc="embedding", unit="edit", file=sys.stderr) as bar:
+            for start in range(0, len(texts), chunk):
+                parts.append(self._encode(texts[start:start + chunk], batch_size))
+                bar.update(len(parts[-1]))
+        return np.concatenate(parts)
+
+    def _encode(self, texts: list[str], batch_size: int) -> np.ndarray:
+        vectors = self._model.encode(texts, batch_size=batch_size, normalize_embeddings=True,
+                                     convert_to_numpy=True, show_progress_bar=False)
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
     def encode_one(self, text: str) -> np.ndarray:

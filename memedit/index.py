@@ -96,8 +96,9 @@ class NamespaceIndex:
             payload = data[start + size:]
             if hashlib.sha256(payload).hexdigest() != header["sha256"]:
                 raise ValueError("checksum mismatch")
+            # deserialize_index already returns the concrete class; downcasting again would
+            # make a wrapper that does not own the index, which is freed under it.
             index = faiss.deserialize_index(np.frombuffer(payload, dtype=np.uint8))
-            index = faiss.downcast_index(index)
         except Exception as err:  # any damage at all means a rebuild
             raise IndexFileError(f"the index file is corrupt ({err})") from None
         if (header.get("namespace"), header.get("embedder"), header.get("dim")) != (self.namespace, self.embedder, self.dim):
