@@ -34,6 +34,10 @@ class ConflictError(MemeditError, ValueError):
     """A write contradicts what is stored (duplicate id, edit already retracted...)."""
 
 
+class StoreOpenError(MemeditError, OSError):
+    """The database file cannot be opened as a memedit store."""
+
+
 class ImportFailed(MemeditError, ValueError):
     """A JSONL import had bad lines; nothing was imported.
 

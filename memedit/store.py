@@ -17,7 +17,7 @@ import numpy as np
 from sqlite_utils import Database
 
 from .edit import Edit, utc_now
-from .errors import ConflictError, EditNotFound
+from .errors import ConflictError, EditNotFound, StoreOpenError
 
 SCHEMA_VERSION = 1
 STATUSES = ("active", "superseded", "retracted")
@@ -97,11 +97,15 @@ class Store:
 
     def __init__(self, path: str, timeout: float = 30.0) -> None:
         self.path = path
-        conn = sqlite3.connect(path, timeout=timeout, check_same_thread=False)
-        self.db = Database(conn)
-        self.conn = conn
-        if path != ":memory:":
-            self.db.enable_wal()
+        try:
+            conn = sqlite3.connect(path, timeout=timeout, check_same_thread=False)
+            self.db = Database(conn)
+            self.conn = conn
+            if path != ":memory:":
+                self.db.enable_wal()
+        except sqlite3.DatabaseError as err:
+            raise StoreOpenError(f"cannot open the memedit database {path!r} ({err}); "
+                                 "check that its folder exists and that it is a memedit SQLite file") from None
         self.db.execute("PRAGMA foreign_keys = ON")
         with self.write():
             self.db.executescript(SCHEMA)

@@ -155,3 +155,13 @@ def test_installed_console_script_uses_env_defaults(tmp_path):
     assert result.returncode == 0, result.stderr
     stats = json.loads(result.stdout)
     assert stats["namespace"] == "team" and stats["db"] == env["MEMEDIT_DB"] and stats["edits"] == 0
+
+
+def test_unopenable_database_is_a_clear_error(capsys, tmp_path):
+    not_a_db = tmp_path / "notes.db"
+    not_a_db.write_text("just some notes, not SQLite\n" * 100)
+    code, _, err = run(capsys, "--db", not_a_db, "list")
+    assert code == 1 and "cannot open the memedit database" in err and "notes.db" in err
+    assert not_a_db.read_text().startswith("just some notes")  # left as it was
+    code, _, err = run(capsys, "--db", tmp_path / "missing-folder" / "x.db", "stats")
+    assert code == 1 and "folder exists" in err
