@@ -117,7 +117,11 @@ class Edit:
         if self.relation is None:
             object.__setattr__(self, "relation", self.prompt)
         if self.statement is None:
-            object.__setattr__(self, "statement", derive_statement(self))
+            statement = derive_statement(self)
+            if len(statement) > MAX_STATEMENT_CHARS:
+                raise EditError("statement", f"derived from subject, prompt and target is {len(statement):,} characters, over the limit of "
+                                             f"{MAX_STATEMENT_CHARS:,}; shorten them or give a shorter statement")
+            object.__setattr__(self, "statement", statement)
 
     @property
     def is_triple(self) -> bool:
@@ -175,7 +179,9 @@ def _check_aliases(value: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _check_timestamp(value: str) -> None:
+def _check_timestamp(value: Any) -> None:
+    if not isinstance(value, str):
+        raise EditError("created_at", f"must be text, an ISO 8601 timestamp such as 2026-01-31T12:00:00+00:00; got {type(value).__name__} {value!r}")
     try:
         datetime.fromisoformat(value)
     except ValueError:

@@ -105,6 +105,8 @@ class NamespaceIndex:
             raise IndexFileError("the index file was made for another namespace or embedder")
         if header["last_seq"] > self.store.max_seq(self.namespace):
             raise IndexFileError("the index file is ahead of the store (it belongs to another database)")
+        if header["last_seq"] and header.get("last_event") != self.store.event_mark(self.namespace, header["last_seq"]):
+            raise IndexFileError("the index file's last event is not in the store's log (it belongs to another database)")
         if not isinstance(index, faiss.IndexIDMap2) or index.ntotal != header["ntotal"]:
             raise IndexFileError("the index file's contents do not match its header")
         ids = faiss.vector_to_array(index.id_map)
@@ -172,6 +174,15 @@ class NamespaceIndex:
         if len(rids) == 0:
             return
         ids = np.asarray(rids, dtype=np.int64)
+        if self.dead:
+            # An HNSW graph keeps the vectors it cannot remove: an edit put back on the
+            # retrieval path (restore) is revived there, not added a second time.
+            back = np.fromiter((i in self.dead for i in ids.tolist()), dtype=bool, count=len(ids))
+            self.dead.difference_update(ids[back].tolist())
+            self.live.update(ids[back].tolist())
+            ids = ids[~back]
+            if len(ids) == 0:
+                return
         matrix = np.ascontiguousarray(self._vectors(ids), dtype=np.float32)
         self.index.add_with_ids(matrix, ids)
         self.live.update(ids.tolist())
@@ -203,7 +214,8 @@ class NamespaceIndex:
         payload = faiss.serialize_index(self.index).tobytes()
         header = json.dumps({
             "namespace": self.namespace, "embedder": self.embedder, "dim": self.dim, "kind": self.kind,
-            "last_seq": self.last_seq, "ntotal": int(self.index.ntotal), "dead": sorted(self.dead),
+            "last_seq": self.last_seq, "last_event": self.store.event_mark(self.namespace, self.last_seq),
+            "ntotal": int(self.index.ntotal), "dead": sorted(self.dead),
             "sha256": hashlib.sha256(payload).hexdigest(),
         }).encode()
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -146,16 +146,27 @@ class Memory:
             seen.add(edit.id)
         embedder = self._shared.embedder
         vectors = embedder.encode([e.statement for e, _ in items], progress=progress)
+        # An edit imported as retracted may have been superseded by a later line before it
+        # was retracted; retract it once the lines that supersede it are in, not before.
+        due = {edit.id: i for i, (edit, status) in enumerate(items) if status == "retracted"}
+        for j, (edit, _) in enumerate(items):
+            if edit.supersedes in due:
+                due[edit.supersedes] = max(due[edit.supersedes], j)
+        retract_after: dict[int, list[str]] = {}
+        for edit_id, j in due.items():
+            retract_after.setdefault(j, []).append(edit_id)
         with self._store.write():
-            for (edit, status), vector in zip(items, vectors):
-                self._write_one(edit, vector, status, via)
+            for j, ((edit, _), vector) in enumerate(zip(items, vectors)):
+                self._write_one(edit, vector, via)
+                for edit_id in retract_after.get(j, ()):
+                    self._retract(edit_id, "imported as retracted")
         index = self.index
         index.sync()
         if len(items) >= 100:
             index.save()
         return [self.get(e.id) for e, _ in items]
 
-    def _write_one(self, edit: Edit, vector: np.ndarray, status: str, via: str) -> None:
+    def _write_one(self, edit: Edit, vector: np.ndarray, via: str) -> None:
         store, ns = self._store, self.namespace
         replaced = {}
         if edit.supersedes is not None:
@@ -174,8 +185,6 @@ class Memory:
         for old_rid, row in replaced.items():
             store.set_status(old_rid, "superseded", edit.id)
             store.log(ns, row["id"], old_rid, "supersede", by=edit.id)
-        if status == "retracted":
-            self._retract(edit.id, "imported as retracted")
 
     def _retract(self, edit_id: str, reason: str | None) -> None:
         store, ns = self._store, self.namespace
@@ -320,9 +329,13 @@ class Memory:
         if store.conn.execute("SELECT 1 FROM edits WHERE namespace = ? AND id = ?", (ns, edit.id)).fetchone():
             return f"id {edit.id!r} already exists in namespace {ns!r}; drop the id field to import it as a new edit"
         if edit.supersedes is not None and edit.supersedes not in earlier:
-            if not store.conn.execute("SELECT 1 FROM edits WHERE namespace = ? AND id = ?", (ns, edit.supersedes)).fetchone():
+            row = store.conn.execute("SELECT status FROM edits WHERE namespace = ? AND id = ?", (ns, edit.supersedes)).fetchone()
+            if not row:
                 return (f"supersedes {edit.supersedes!r}, which is neither in namespace {ns!r} nor earlier in the file; "
                         f"remove the field or import that edit first")
+            if row[0] != "active":
+                return (f"supersedes {edit.supersedes!r}, which is already {row[0]} in namespace {ns!r}; "
+                        f"supersede the active edit instead, or remove the field")
         return None
 
     # -- lifetime ------------------------------------------------------------------

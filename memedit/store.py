@@ -229,6 +229,11 @@ class Store:
     def max_seq(self, namespace: str) -> int:
         return self.conn.execute("SELECT coalesce(max(seq), 0) FROM events WHERE namespace = ?", (namespace,)).fetchone()[0]
 
+    def event_mark(self, namespace: str, seq: int) -> str | None:
+        """A fingerprint of the namespace's event ``seq`` (None if this log has no such event)."""
+        row = self.conn.execute("SELECT edit_id, action, at FROM events WHERE namespace = ? AND seq = ?", (namespace, seq)).fetchone()
+        return None if row is None else f"{seq}|{row[0]}|{row[1]}|{row[2]}"
+
     def events_since(self, namespace: str, seq: int) -> list[tuple[int, int | None, str]]:
         """(seq, edit_rid, action) of the namespace's events after ``seq``, in order."""
         cur = self.conn.execute("SELECT seq, edit_rid, action FROM events WHERE namespace = ? AND seq > ? ORDER BY seq", (namespace, seq))
@@ -246,10 +251,12 @@ class Store:
     def counts(self, namespace: str) -> dict[str, Any]:
         by_status = {s: 0 for s in STATUSES}
         by_kind: dict[str, int] = {}
-        for status, kind, n in self.conn.execute(
-                "SELECT status, kind, count(*) FROM edits WHERE namespace = ? GROUP BY status, kind", (namespace,)):
+        with self.snapshot():  # both counts from one committed state, even while another process writes
+            rows = self.conn.execute(
+                "SELECT status, kind, count(*) FROM edits WHERE namespace = ? GROUP BY status, kind", (namespace,)).fetchall()
+            events = self.conn.execute("SELECT count(*) FROM events WHERE namespace = ?", (namespace,)).fetchone()[0]
+        for status, kind, n in rows:
             by_status[status] += n
             if status == "active":
                 by_kind[kind] = by_kind.get(kind, 0) + n
-        events = self.conn.execute("SELECT count(*) FROM events WHERE namespace = ?", (namespace,)).fetchone()[0]
         return {"edits": sum(by_status.values()), "by_status": by_status, "active_by_kind": by_kind, "events": events}
