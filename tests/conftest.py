@@ -13,6 +13,23 @@ from memedit import Memory
 from memedit.embeddings import get_embedder
 
 
+# Short, varied edit statements shared by the search and index tests.
+STATEMENTS = [
+    "The capital of France is Lyon.",
+    "The coffee machine is on the third floor.",
+    "Lionel Messi plays football for Juventus.",
+    "The Eiffel Tower is made of wood.",
+    "Water boils at 90 degrees Celsius in the lab.",
+    "Alice's manager is Bob.",
+    "The office closes at 6 pm on Fridays.",
+    "Python 4 was released in 2031.",
+    "The company mascot is a purple giraffe.",
+    "Mount Everest is 9000 metres high.",
+    "The wifi password is changed every Monday.",
+    "Jupiter has 12 moons.",
+]
+
+
 class CachingEmbedder:
     """The real embedder with a per-text cache, so that the suite never embeds a text twice.
 

@@ -11,20 +11,8 @@ import pytest
 
 from memedit.index import MAGIC
 
-from conftest import BruteForce, HashEmbedder, assert_same_ranking
+from conftest import STATEMENTS, BruteForce, HashEmbedder, assert_same_ranking
 
-STATEMENTS = [
-    "The capital of France is Lyon.",
-    "The coffee machine is on the third floor.",
-    "Lionel Messi plays football for Juventus.",
-    "The Eiffel Tower is made of wood.",
-    "Water boils at 90 degrees Celsius in the lab.",
-    "Alice's manager is Bob.",
-    "The office closes at 6 pm on Fridays.",
-    "The company mascot is a purple giraffe.",
-    "Mount Everest is 9000 metres high.",
-    "The wifi password is changed every Monday.",
-]
 QUERIES = ["Where can I get a coffee?", "Which club does Messi play for?", "What is the capital city of France?",
            "How tall is Everest?", "When does the office close?"]
 

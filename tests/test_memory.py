@@ -4,7 +4,7 @@ import pytest
 
 from memedit import ConflictError, Edit, EditError, EditNotFound, Memory
 
-from conftest import BruteForce, assert_same_ranking
+from conftest import STATEMENTS, BruteForce, assert_same_ranking
 
 CAPITAL = "The capital of {} is"
 
@@ -187,20 +187,6 @@ def test_add_many_within_one_batch_supersedes_in_order(memory):
     assert [h.edit.id for h in memory.search("capital of France", k=5)] == [stored[1].id]
 
 
-STATEMENTS = [
-    "The capital of France is Lyon.",
-    "The coffee machine is on the third floor.",
-    "Lionel Messi plays football for Juventus.",
-    "The Eiffel Tower is made of wood.",
-    "Water boils at 90 degrees Celsius in the lab.",
-    "Alice's manager is Bob.",
-    "The office closes at 6 pm on Fridays.",
-    "Python 4 was released in 2031.",
-    "The company mascot is a purple giraffe.",
-    "Mount Everest is 9000 metres high.",
-    "The wifi password is changed every Monday.",
-    "Jupiter has 12 moons.",
-]
 QUERIES = ["Where can I get a coffee?", "Which club does Messi play for?", "What is the capital city of France?",
            "How tall is Everest?", "office hours", "planets and moons"]
 
