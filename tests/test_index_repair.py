@@ -11,7 +11,9 @@ import pytest
 
 from memedit.index import MAGIC
 
-from conftest import STATEMENTS, BruteForce, HashEmbedder, assert_same_ranking
+from conftest import STATEMENTS as SAMPLE_STATEMENTS, BruteForce, HashEmbedder, assert_same_ranking
+
+STATEMENTS = SAMPLE_STATEMENTS[:10]  # as many as the other database's statements below
 
 QUERIES = ["Where can I get a coffee?", "Which club does Messi play for?", "What is the capital city of France?",
            "How tall is Everest?", "When does the office close?"]
