@@ -164,7 +164,7 @@ class Memory:
         index.sync()
         if len(items) >= 100:
             index.save()
-        return [self.get(e.id) for e, _ in items]
+        return [row_to_edit(row) for row in self._store.rows_by_id(self.namespace, [e.id for e, _ in items])]
 
     def _write_one(self, edit: Edit, vector: np.ndarray, via: str) -> None:
         store, ns = self._store, self.namespace

@@ -184,6 +184,16 @@ class Store:
             raise EditNotFound(edit_id, namespace)
         return rows[0]
 
+    def rows_by_id(self, namespace: str, ids: Sequence[str]) -> list[dict[str, Any]]:
+        """The rows of these edit ids, in the order given (all must exist)."""
+        found: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(ids), 500):
+            chunk = list(ids[start:start + 500])
+            marks = ",".join("?" * len(chunk))
+            for row in self._rows(f"SELECT * FROM edits WHERE namespace = ? AND id IN ({marks})", (namespace, *chunk)):
+                found[row["id"]] = row
+        return [found[i] for i in ids]
+
     def active_row_by_key(self, namespace: str, key: str) -> dict[str, Any] | None:
         rows = self._rows("SELECT * FROM edits WHERE namespace = ? AND key = ? AND status = 'active'", (namespace, key))
         return rows[0] if rows else None
@@ -193,7 +203,9 @@ class Store:
         for start in range(0, len(rids), 500):
             chunk = [int(r) for r in rids[start:start + 500]]
             marks = ",".join("?" * len(chunk))
-            for row in self._rows(f"SELECT * FROM edits WHERE namespace = ? AND rid IN ({marks})", (namespace, *chunk)):
+            # "+namespace" keeps SQLite on the primary key; with the namespace index it would
+            # scan every edit of the namespace (14 ms a search at 100,000 edits).
+            for row in self._rows(f"SELECT * FROM edits WHERE rid IN ({marks}) AND +namespace = ?", (*chunk, namespace)):
                 out[row["rid"]] = row
         return out
 

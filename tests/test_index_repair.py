@@ -245,3 +245,19 @@ def test_hnsw_index_matches_brute_force_on_active_edits(open_memory, db_path, em
     assert reopened.index.kind == "hnsw" and reopened.index.rebuild_reason is None
     for q in HNSW_QUERIES:
         assert_same_ranking(reopened.search(q, k=8), expected.top(q, 8), tol=1e-5)
+
+
+def test_a_flat_index_past_the_threshold_moves_to_hnsw_on_open(open_memory, db_path, embedder):
+    memory = open_memory(db_path, hnsw_threshold=1_000)
+    memory.add_many([{"statement": s} for s in _people(80)])
+    memory.search("baker", k=1)
+    assert memory.index.kind == "flat"
+    memory.close()  # saved as a flat index
+
+    reopened = open_memory(db_path, hnsw_threshold=50)  # e.g. a lower threshold in a newer release
+    assert reopened.index.kind == "hnsw" and len(reopened.index.live) == 80
+    expected = BruteForce(embedder, reopened.list())
+    for q in HNSW_QUERIES:
+        assert_same_ranking(reopened.search(q, k=8), expected.top(q, 8), tol=1e-5)
+    reopened.close()
+    assert open_memory(db_path, hnsw_threshold=50).index.kind == "hnsw"  # and it was saved that way
