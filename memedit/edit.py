@@ -152,6 +152,13 @@ class Edit:
         return cls(**data)
 
     def replace(self, **changes: Any) -> "Edit":
+        """A copy with some fields changed (validated again). A statement or relation that
+        was derived from the triple is derived anew from the changed triple."""
+        if self.is_triple and changes.keys() & {"subject", "prompt", "target", "kind"}:
+            if "statement" not in changes and self.statement == derive_statement(self):
+                changes["statement"] = None
+            if "relation" not in changes and "prompt" in changes and self.relation == self.prompt:
+                changes["relation"] = None
         return dataclasses.replace(self, **changes)
 
 

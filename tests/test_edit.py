@@ -188,3 +188,15 @@ def test_to_dict_from_dict_round_trip():
         fields = triple(kind=kind, target=None) if kind == "erase" else triple(kind=kind)
         e = Edit(**fields)
         assert Edit.from_dict(e.to_dict()) == e
+
+
+def test_replace_derives_the_statement_and_relation_again_but_keeps_given_ones():
+    edit = Edit(subject="France", prompt="The capital of {} is", target="Lyon")
+    moved = edit.replace(target="Nice")
+    assert moved.statement == moved.prompt.replace("{}", "France") + " Nice."
+    reworded = edit.replace(prompt="{} has its capital in")
+    assert reworded.relation == "{} has its capital in" and reworded.statement.startswith("France has its capital in")
+    own = Edit(subject="France", prompt="The capital of {} is", target="Lyon", statement="Lyon is France's capital.",
+               relation="capital")
+    changed = own.replace(target="Nice", prompt="{}'s capital is")
+    assert (changed.statement, changed.relation) == ("Lyon is France's capital.", "capital")
