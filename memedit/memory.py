@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
-import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, TextIO
@@ -38,6 +39,8 @@ class _Shared:
         self._embedder = embedder
         self.hnsw_threshold = hnsw_threshold
         self.indexes: dict[str, NamespaceIndex] = {}
+        # One connection and one set of indexes serve every thread: each use holds this lock.
+        self.lock = threading.RLock()
 
     @property
     def embedder(self) -> Embedder:
@@ -72,6 +75,15 @@ class _Shared:
         for index in self.indexes.values():
             index.save()
         self.store.close()
+
+
+def _locked(method):
+    """Run a Memory method while holding its database's lock (safe to share across threads)."""
+    @functools.wraps(method)
+    def wrapper(self: "Memory", *args: Any, **kwargs: Any) -> Any:
+        with self._shared.lock:
+            return method(self, *args, **kwargs)
+    return wrapper
 
 
 class Memory:
@@ -120,6 +132,7 @@ class Memory:
         """Store many edits in one transaction (all or none), embedding them in batches."""
         return self._write_all([(self._prepare(e), "active") for e in edits], via="add", progress=progress)
 
+    @_locked
     def retract(self, edit_id: str, reason: str | None = None) -> StoredEdit:
         """Take an edit off the memory. If it had superseded an edit, that one becomes active again."""
         reason = _check_text("reason", reason, 1_000)
@@ -155,16 +168,17 @@ class Memory:
         retract_after: dict[int, list[str]] = {}
         for edit_id, j in due.items():
             retract_after.setdefault(j, []).append(edit_id)
-        with self._store.write():
-            for j, ((edit, _), vector) in enumerate(zip(items, vectors)):
-                self._write_one(edit, vector, via)
-                for edit_id in retract_after.get(j, ()):
-                    self._retract(edit_id, "imported as retracted")
-        index = self.index
-        index.sync()
-        if len(items) >= 100:
-            index.save()
-        return [row_to_edit(row) for row in self._store.rows_by_id(self.namespace, [e.id for e, _ in items])]
+        with self._shared.lock:
+            with self._store.write():
+                for j, ((edit, _), vector) in enumerate(zip(items, vectors)):
+                    self._write_one(edit, vector, via)
+                    for edit_id in retract_after.get(j, ()):
+                        self._retract(edit_id, "imported as retracted")
+            index = self.index
+            index.sync()
+            if len(items) >= 100:
+                index.save()
+            return [row_to_edit(row) for row in self._store.rows_by_id(self.namespace, [e.id for e, _ in items])]
 
     def _write_one(self, edit: Edit, vector: np.ndarray, via: str) -> None:
         store, ns = self._store, self.namespace
@@ -206,10 +220,12 @@ class Memory:
 
     # -- reading -----------------------------------------------------------------
 
+    @_locked
     def get(self, edit_id: str) -> StoredEdit:
         """The edit with this id in this namespace (any status); EditNotFound otherwise."""
         return row_to_edit(self._store.row(self.namespace, edit_id))
 
+    @_locked
     def list(self, status: str | None = "active", kind: str | None = None, subject: str | None = None,
              source: str | None = None, limit: int | None = None, offset: int = 0) -> list[StoredEdit]:
         """Edits of this namespace in the order they were added. ``status=None`` lists every status."""
@@ -224,6 +240,7 @@ class Memory:
             raise ValueError(f"query must be non-empty text, got {query!r}")
         return self.search_vector(self._shared.embedder.encode_one(query), k)
 
+    @_locked
     def search_vector(self, vector: np.ndarray, k: int = 5) -> list[Hit]:
         """Like ``search``, for a query already embedded (normalised, embedder's dimension)."""
         if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
@@ -235,10 +252,12 @@ class Memory:
         return [Hit(row_to_edit(rows[rid]), score) for rid, score in hits
                 if rid in rows and rows[rid]["status"] == "active"]
 
+    @_locked
     def history(self, edit_id: str | None = None, limit: int | None = None) -> list[Event]:
         """The event log of one edit, or of the whole namespace, oldest first."""
         return self._store.history(self.namespace, edit_id, limit)
 
+    @_locked
     def stats(self) -> dict[str, Any]:
         """Counts of this namespace's edits by status and kind, events, and where things are stored."""
         out = {"namespace": self.namespace, "db": self.path, **self._store.counts(self.namespace)}
@@ -249,6 +268,7 @@ class Memory:
 
     # -- JSONL --------------------------------------------------------------------
 
+    @_locked
     def export_jsonl(self, out: str | Path | TextIO, active_only: bool = False) -> int:
         """Write this namespace's edits as JSONL (oldest first) with their status; returns the count.
 
@@ -290,6 +310,7 @@ class Memory:
             raise ImportFailed(name, errors)
         return self._write_all(items, via="import", progress=progress)
 
+    @_locked
     def _parse_lines(self, lines: list[str]) -> tuple[list[tuple[Edit, str]], list[tuple[int, str]]]:
         items: list[tuple[Edit, str]] = []
         errors: list[tuple[int, str]] = []
@@ -340,6 +361,7 @@ class Memory:
 
     # -- lifetime ------------------------------------------------------------------
 
+    @_locked
     def close(self) -> None:
         """Save changed indexes and close the database."""
         self._shared.close()
