@@ -231,6 +231,9 @@ class Memory:
         """Edits of this namespace in the order they were added. ``status=None`` lists every status."""
         if status is not None and status not in STATUSES:
             raise ValueError(f"status must be one of {', '.join(STATUSES)} (or None for all); got {status!r}")
+        for name, value in (("limit", limit), ("offset", offset)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+                raise ValueError(f"{name} must be a whole number of 0 or more, got {value!r}")
         rows = self._store.list_rows(self.namespace, status, kind, subject, source, limit, offset)
         return [row_to_edit(r) for r in rows]
 

@@ -136,6 +136,8 @@ def test_stats_counts(capsys, db):
     (["add"], ["statement"]),
     (["search", "   "], ["query"]),
     (["search", "hello", "-k", "0"], ["k must"]),
+    (["list", "--limit", "-3"], ["limit must"]),
+    (["list", "--offset", "-1"], ["offset must"]),
     (["retract", "nope"], ["nope", "namespace 'default'"]),
 ])
 def test_bad_input_gets_a_clear_error_and_loses_nothing(capsys, db, argv, words):
