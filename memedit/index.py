@@ -107,22 +107,23 @@ class NamespaceIndex:
             # deserialize_index already returns the concrete class; downcasting again would
             # make a wrapper that does not own the index, which is freed under it.
             index = faiss.deserialize_index(np.frombuffer(payload, dtype=np.uint8))
+            last_seq, ntotal, dead = int(header["last_seq"]), int(header["ntotal"]), set(header["dead"])
         except Exception as err:  # any damage at all means a rebuild
             raise IndexFileError(f"the index file is corrupt ({err})") from None
         if (header.get("namespace"), header.get("embedder"), header.get("dim")) != (self.namespace, self.embedder, self.dim):
             raise IndexFileError("the index file was made for another namespace or embedder")
-        if header["last_seq"] > self.store.max_seq(self.namespace):
+        if last_seq > self.store.max_seq(self.namespace):
             raise IndexFileError("the index file is ahead of the store (it belongs to another database)")
-        if header["last_seq"] and header.get("last_event") != self.store.event_mark(self.namespace, header["last_seq"]):
+        if last_seq and header.get("last_event") != self.store.event_mark(self.namespace, last_seq):
             raise IndexFileError("the index file's last event is not in the store's log (it belongs to another database)")
-        if not isinstance(index, faiss.IndexIDMap2) or index.ntotal != header["ntotal"]:
+        if not isinstance(index, faiss.IndexIDMap2) or index.ntotal != ntotal:
             raise IndexFileError("the index file's contents do not match its header")
         ids = faiss.vector_to_array(index.id_map)
         self.index = index
-        self.dead = set(header["dead"])
+        self.dead = dead
         self._dead_selector = None
         self.live = set(ids.tolist()) - self.dead
-        self.last_seq = header["last_seq"]
+        self.last_seq = last_seq
         self._tune()
 
     def _rebuild(self) -> None:

@@ -82,6 +82,16 @@ def _flip_middle(path: Path):
     path.write_bytes(bytes(data))
 
 
+def _drop_header_fields(path: Path) -> None:
+    """A header that still carries the payload's true checksum but lacks the other fields."""
+    data = path.read_bytes()
+    (size,) = struct.unpack(">I", data[len(MAGIC):len(MAGIC) + 4])
+    start = len(MAGIC) + 4
+    header = {"sha256": json.loads(data[start:start + size])["sha256"]}
+    raw = json.dumps(header).encode()
+    path.write_bytes(MAGIC + struct.pack(">I", len(raw)) + raw + data[start + size:])
+
+
 DAMAGE = {
     "deleted": (lambda p: p.unlink(), "missing"),
     "folder-deleted": (lambda p: shutil.rmtree(p.parent), "missing"),
@@ -91,6 +101,7 @@ DAMAGE = {
     "emptied": (lambda p: p.write_bytes(b""), "corrupt"),
     "replaced-with-garbage": (lambda p: p.write_bytes(os.urandom(len(p.read_bytes()))), "corrupt"),
     "payload-replaced-keeping-magic": (lambda p: p.write_bytes(MAGIC + os.urandom(4000)), "corrupt"),
+    "header-fields-missing": (_drop_header_fields, "corrupt"),
 }
 
 
