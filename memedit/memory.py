@@ -350,15 +350,15 @@ class Memory:
 
     def _line_conflict(self, edit: Edit, earlier: dict[str, int]) -> str | None:
         store, ns = self._store, self.namespace
-        if store.conn.execute("SELECT 1 FROM edits WHERE namespace = ? AND id = ?", (ns, edit.id)).fetchone():
+        if store.status(ns, edit.id) is not None:
             return f"id {edit.id!r} already exists in namespace {ns!r}; drop the id field to import it as a new edit"
         if edit.supersedes is not None and edit.supersedes not in earlier:
-            row = store.conn.execute("SELECT status FROM edits WHERE namespace = ? AND id = ?", (ns, edit.supersedes)).fetchone()
-            if not row:
+            status = store.status(ns, edit.supersedes)
+            if status is None:
                 return (f"supersedes {edit.supersedes!r}, which is neither in namespace {ns!r} nor earlier in the file; "
                         f"remove the field or import that edit first")
-            if row[0] != "active":
-                return (f"supersedes {edit.supersedes!r}, which is already {row[0]} in namespace {ns!r}; "
+            if status != "active":
+                return (f"supersedes {edit.supersedes!r}, which is already {status} in namespace {ns!r}; "
                         f"supersede the active edit instead, or remove the field")
         return None
 

@@ -86,6 +86,13 @@ class Event:
                 "action": self.action, "at": self.at, "detail": self.detail}
 
 
+def _chunks(values: list[Any], size: int = 500) -> Iterator[tuple[list[Any], str]]:
+    """Slices of ``values`` small enough for one SQL ``IN (...)``, with their placeholders."""
+    for start in range(0, len(values), size):
+        chunk = values[start:start + size]
+        yield chunk, ",".join("?" * len(chunk))
+
+
 def row_to_edit(row: dict[str, Any]) -> StoredEdit:
     fields = {name: row[name] for name in EDIT_COLUMNS}
     fields["aliases"] = tuple(json.loads(row["aliases"]))
@@ -187,12 +194,15 @@ class Store:
     def rows_by_id(self, namespace: str, ids: Sequence[str]) -> list[dict[str, Any]]:
         """The rows of these edit ids, in the order given (all must exist)."""
         found: dict[str, dict[str, Any]] = {}
-        for start in range(0, len(ids), 500):
-            chunk = list(ids[start:start + 500])
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in _chunks(list(ids)):
             for row in self._rows(f"SELECT * FROM edits WHERE namespace = ? AND id IN ({marks})", (namespace, *chunk)):
                 found[row["id"]] = row
         return [found[i] for i in ids]
+
+    def status(self, namespace: str, edit_id: str) -> str | None:
+        """The status of this edit in this namespace, or None if there is no such edit."""
+        row = self.conn.execute("SELECT status FROM edits WHERE namespace = ? AND id = ?", (namespace, edit_id)).fetchone()
+        return None if row is None else row[0]
 
     def active_row_by_key(self, namespace: str, key: str) -> dict[str, Any] | None:
         rows = self._rows("SELECT * FROM edits WHERE namespace = ? AND key = ? AND status = 'active'", (namespace, key))
@@ -200,9 +210,7 @@ class Store:
 
     def rows_by_rid(self, namespace: str, rids: Sequence[int]) -> dict[int, dict[str, Any]]:
         out: dict[int, dict[str, Any]] = {}
-        for start in range(0, len(rids), 500):
-            chunk = [int(r) for r in rids[start:start + 500]]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in _chunks([int(r) for r in rids]):
             # "+namespace" keeps SQLite on the primary key; with the namespace index it would
             # scan every edit of the namespace (14 ms a search at 100,000 edits).
             for row in self._rows(f"SELECT * FROM edits WHERE rid IN ({marks}) AND +namespace = ?", (*chunk, namespace)):
@@ -230,9 +238,7 @@ class Store:
     def vectors(self, rids: Sequence[int], model: str) -> dict[int, np.ndarray]:
         """Cached vectors of these edits for this embedder model (missing ones are absent)."""
         out: dict[int, np.ndarray] = {}
-        for start in range(0, len(rids), 500):
-            chunk = [int(r) for r in rids[start:start + 500]]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in _chunks([int(r) for r in rids]):
             cur = self.conn.execute(f"SELECT edit_rid, vector FROM embeddings WHERE model = ? AND edit_rid IN ({marks})", (model, *chunk))
             for rid, blob in cur:
                 out[rid] = np.frombuffer(blob, dtype=np.float32)
