@@ -110,6 +110,11 @@ class Memory:
         return Memory(namespace=namespace, _shared=self._shared)
 
     @property
+    def embedder(self) -> Embedder:
+        """The sentence embedder of this database (loaded on first use)."""
+        return self._shared.embedder
+
+    @property
     def _store(self) -> Store:
         return self._shared.store
 

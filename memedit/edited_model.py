@@ -1,0 +1,43 @@
+"""EditedModel: a language model that answers through a memory of edits."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .memory import Memory
+from .models import LanguageModel, Prompt, load_model
+
+ROUTERS = ("ike", "serac")
+
+
+def make_router(name: str, model: LanguageModel, memory: Memory, **options: Any):
+    """The router called ``name`` over ``model`` and ``memory``."""
+    if name == "ike":
+        from memedit.retrievers.ike import IKERouter
+        return IKERouter(model, memory, **options)
+    if name == "serac":
+        from memedit.retrievers.serac import SERACRouter
+        return SERACRouter(model, memory, **options)
+    raise ValueError(f"unknown router {name!r}; choose one of: {', '.join(ROUTERS)}")
+
+
+class EditedModel:
+    """``model`` answering through ``memory`` with a router (``"ike"`` or ``"serac"``, or a
+    router object). ``ask`` applies the edits; ``generate`` is the plain model."""
+
+    def __init__(self, model: LanguageModel | str | os.PathLike, memory: Memory, router: Any = "ike", **options: Any) -> None:
+        self.model = load_model(model) if isinstance(model, (str, os.PathLike)) else model
+        self.memory = memory
+        self.router = make_router(router, self.model, memory, **options) if isinstance(router, str) else router
+
+    def ask(self, question: str):
+        """Answer ``question`` with the edits that apply: an ``Answer(text, edits_used, route, trace)``."""
+        return self.router.answer(question)
+
+    def generate(self, prompt: Prompt | str, max_new_tokens: int = 32, stop: tuple[str, ...] = ("\n",)) -> str:
+        """The unedited model's greedy continuation of ``prompt`` (raw text, no memory)."""
+        return self.model.generate(prompt, max_new_tokens=max_new_tokens, stop=stop)
+
+    def __repr__(self) -> str:
+        return f"EditedModel({self.model.name!r}, router={self.router.name!r}, namespace={self.memory.namespace!r})"

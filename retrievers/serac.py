@@ -1,0 +1,42 @@
+"""SERAC: a scope classifier decides whether a question falls under a stored edit.
+
+In scope, a counterfactual answer comes from the model conditioned on that one edit
+(quoted, after a few copy and update demonstrations); out of scope, the unedited model
+answers with exactly the prompt it would have had without the memory. The classifier is
+cosine similarity with a calibrated threshold (``scope="embedding"``) or a cross-encoder
+trained on KnowEdit-style data (``scope="cross-encoder"``, see ``bench/scope.py``).
+"""
+
+from __future__ import annotations
+
+from memedit.memory import Memory
+from memedit.models import LanguageModel
+
+from .base import Plan, Router, demo_turns, hit_record
+from .demos import by_kind
+from .scope import ScopeClassifier, load_scope
+
+
+class SERACRouter(Router):
+    name = "serac"
+
+    def __init__(self, model: LanguageModel, memory: Memory, scope: str | ScopeClassifier = "embedding",
+                 k: int = 3, threshold: float | None = None, **options) -> None:
+        super().__init__(model, memory, k=k, **options)
+        self.scope = load_scope(scope, embedder=memory.embedder) if isinstance(scope, str) else scope
+        if threshold is not None:
+            self.scope.threshold = threshold
+        self.demos = demo_turns(by_kind("copy")[:2] + by_kind("update")[:2])
+
+    def plan(self, question: str) -> Plan:
+        trace: list[dict] = []
+        hits = self.retrieve(question, trace)
+        scores = self.scope.scores(question, [h.edit.statement for h in hits]) if hits else []
+        ranked = sorted(zip(scores, range(len(hits))), reverse=True)
+        trace.append({"step": "scope", "classifier": self.scope.name, "threshold": self.scope.threshold,
+                      "edits": [hit_record(h, scope_score=round(float(s), 4), in_scope=bool(s >= self.scope.threshold))
+                                for h, s in zip(hits, scores)]})
+        in_scope = [hits[i].edit for s, i in ranked if s >= self.scope.threshold]
+        if not in_scope:
+            return self.base_plan(question, trace)
+        return self.edited_plan(question, in_scope[:1], self.demos, len(self.demos) // 2, trace)
