@@ -75,12 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--active-only", action="store_true", help="only active edits, without supersedes links")
 
     commands.add_parser("stats", parents=[common], help="counts of edits and events in the namespace")
+
+    from memedit.eval.cli import add_eval_parser
+    add_eval_parser(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "eval":
+            from memedit.eval.cli import cmd_eval
+            return cmd_eval(args)
         with Memory(args.db, namespace=args.namespace) as memory:
             return COMMANDS[args.command](memory, args)
     except ImportFailed as err:

@@ -137,7 +137,10 @@ class Router:
         """Answer ``question`` with the edits that apply, recording each decision in the trace."""
         if not isinstance(question, str) or not question.strip():
             raise ValueError(f"question must be non-empty text, got {question!r}")
-        plan = self.plan(question)
+        return self.run(self.plan(question))
+
+    def run(self, plan: Plan) -> Answer:
+        """Carry out a plan: generate from its prompt, or reply its fixed text."""
         text = plan.text
         if text is None:
             plan.trace.append({"step": "prompt", "text": plan.prompt.text})

@@ -145,3 +145,11 @@ class HashEmbedder:
 
     def encode_one(self, text: str) -> np.ndarray:
         return self.encode([text])[0]
+
+
+@pytest.fixture(scope="session")
+def lm():
+    """SmolLM2-135M-Instruct from its package (converted once into the cache), loaded once."""
+    from memedit.models import load_model
+
+    return load_model("smollm2-135m")

