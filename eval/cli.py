@@ -48,7 +48,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     scope = None
     if args.router == "serac":
         from memedit.embeddings import get_embedder
-        from memedit.retrievers.scope import load_scope
+        from memedit.retrievers.serac import load_scope
         scope = load_scope(args.scope, embedder=get_embedder(), path=args.scope_path)
 
     def router_for(memory):
