@@ -49,6 +49,9 @@ def score_probe(router, base: BaseAnswers, case: Case, probe: Probe, scorings: t
     model: LanguageModel = router.model
     started = time.perf_counter()
     plan = router.plan(probe.prompt)
+    if plan.route == "base":  # the unedited answer, already computed once for this question
+        plan.text = base.text(probe.prompt)
+        plan.trace.append({"step": "base", "text": plan.text})
     answer = router.run(plan)
     row: dict[str, Any] = {"case_id": case.case_id, "metric": probe.metric, "subtype": probe.subtype,
                            "prompt": probe.prompt, "answers": list(probe.answers), "answer": answer.text,
@@ -67,7 +70,7 @@ def score_probe(router, base: BaseAnswers, case: Case, probe: Probe, scorings: t
 
 
 def _token_accuracy(model: LanguageModel, router, plan, probe: Probe, base_answer: str | None) -> float:
-    if plan.prompt is None:
+    if plan.route == "erase":
         return 0.0
     if probe.metric != "locality":
         return max(model.score(plan.prompt, target).token_accuracy for target in probe.answers)
