@@ -28,6 +28,8 @@ def add_eval_parser(commands: Any) -> None:
     kn.add_argument("--scope-path", help="folder of a trained cross-encoder (default: the one bench/scope.py trains)")
     kn.add_argument("-k", type=int, default=3, help="edits retrieved per question (default 3)")
     kn.add_argument("--out", required=True, help="folder for summary.json, cases.jsonl and report.md")
+    kn.add_argument("--threads", type=int, help="CPU threads for the model (default: torch's choice; use 1 per run "
+                                                "when running several evaluations at once)")
     kn.add_argument("--no-progress", action="store_true")
 
 
@@ -39,6 +41,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .report import write_report
     from .runner import evaluate
 
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
     if args.data.endswith(".jsonl"):
         cases, dataset = load_probe_jsonl(args.data, limit=args.limit), "jsonl"
     else:
