@@ -20,7 +20,7 @@ negatives, same subject) and two other cases' prompts (easy negatives) are out.
    ``~/.cache/memedit/scope/minilm-knowedit``).
 3. Both are scored on the evaluation pairs: precision, recall and F1 per data set and
    overall, and the share of pairs called in scope per pair kind (for locality and
-   unrelated pairs that is the false-positive rate).
+   same-relation and unrelated pairs that is the false-positive rate).
 
 Figures are printed and written as JSON to ``--results`` (default bench/results/scope.json).
 """
@@ -45,7 +45,7 @@ from memedit.retrievers.scope import (DEFAULT_MAX_LENGTH, CrossEncoderScope, Emb
 DATA = Path("/work/shared/data/knowedit")
 FILES = {"zsre": "ZsRE/ZsRE-test-all.json", "wiki_counterfact": "wiki_counterfact/train_cf.json"}
 EVAL_CASES = 200
-KINDS = ("reliability", "generality", "portability", "locality", "unrelated")
+KINDS = ("reliability", "generality", "portability", "locality", "same_relation", "unrelated")
 
 
 def default_out() -> Path:

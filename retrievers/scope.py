@@ -60,22 +60,36 @@ class ScopePair:
     kind: str = ""
 
 
-def scope_pairs(cases: Sequence[Any], negatives_per_case: int = 2, seed: int = 0) -> list[ScopePair]:
+def scope_pairs(cases: Sequence[Any], negatives_per_case: int = 2, seed: int = 0,
+                relation_negatives_per_case: int = 2) -> list[ScopePair]:
     """Labelled pairs from evaluation cases (``memedit.eval.cases.Case``), deterministic for a seed.
 
     For each case: its reliability, generality and portability prompts with its edit
-    statement are positives; its locality prompts with its statement are hard negatives;
+    statement are positives; its locality prompts with its statement are hard negatives
+    (same subject, other relation); ``relation_negatives_per_case`` reliability prompts of
+    other cases with the same relation and another subject are hard negatives too (kind
+    ``same_relation``: without them a classifier learns to match the relation alone);
     ``negatives_per_case`` prompts drawn from other cases (of another subject) with its
     statement are easy negatives.
     """
     cases = list(cases)
     rng = random.Random(seed)
+    by_relation: dict[str, list[int]] = {}
+    for i, case in enumerate(cases):
+        if case.edit.relation:
+            by_relation.setdefault(case.edit.relation.casefold(), []).append(i)
     pairs: list[ScopePair] = []
     for i, case in enumerate(cases):
         statement = case.edit.statement
         for probe in case.probes:
             label = int(probe.metric in IN_SCOPE_METRICS)
             pairs.append(ScopePair(probe.prompt, statement, label, probe.metric))
+        subject = _subject_key(case)
+        peers = [j for j in by_relation.get((case.edit.relation or "").casefold(), [])
+                 if j != i and _subject_key(cases[j]) != subject]
+        for j in rng.sample(peers, min(relation_negatives_per_case, len(peers))):
+            prompts = [p.prompt for p in cases[j].by_metric("reliability")] or [cases[j].edit.statement]
+            pairs.append(ScopePair(prompts[0], statement, 0, "same_relation"))
         for j in _other_cases(cases, i, negatives_per_case, rng):
             prompts = [p.prompt for p in cases[j].probes] or [cases[j].edit.statement]
             pairs.append(ScopePair(rng.choice(prompts), statement, 0, "unrelated"))
