@@ -58,7 +58,7 @@ CASES = [make_case(i) for i in range(10)]
 def test_scope_pairs_labels_follow_the_probe_metrics():
     pairs = scope_pairs(CASES, negatives_per_case=2, seed=0)
     for case in CASES:
-        own = [p for p in pairs if p.statement == case.edit.statement and p.kind != "unrelated"]
+        own = [p for p in pairs if p.statement == case.edit.statement and p.kind not in ("unrelated", "same_relation")]
         assert [(p.question, p.label, p.kind) for p in own] == [
             (probe.prompt, int(probe.metric != "locality"), probe.metric) for probe in case.probes]
         easy = [p for p in pairs if p.statement == case.edit.statement and p.kind == "unrelated"]
@@ -66,7 +66,18 @@ def test_scope_pairs_labels_follow_the_probe_metrics():
         own_prompts = {probe.prompt for probe in case.probes}
         assert not own_prompts & {p.question for p in easy}
         assert all(case.edit.subject not in p.question for p in easy)
-    assert len(pairs) == len(CASES) * (4 + 2)
+    assert len(pairs) == len(CASES) * (4 + 2 + 2)
+
+
+def test_scope_pairs_teach_that_the_same_relation_about_another_subject_is_out():
+    pairs = scope_pairs(CASES, negatives_per_case=0, relation_negatives_per_case=3)
+    for case in CASES:
+        hard = [p for p in pairs if p.statement == case.edit.statement and p.kind == "same_relation"]
+        assert len(hard) == 3 and all(p.label == 0 for p in hard)
+        assert all(case.edit.subject not in p.question and p.question.endswith(" was born in") for p in hard)
+    other_relation = Case("x", Edit(subject="Zed", prompt="{} plays", target="chess"), (Probe("Zed plays", ("chess",), "reliability"),))
+    lone = scope_pairs([CASES[0], other_relation], negatives_per_case=0)
+    assert [p for p in lone if p.kind == "same_relation"] == []
 
 
 def test_scope_pairs_are_deterministic_for_a_seed():
