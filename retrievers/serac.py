@@ -22,7 +22,7 @@ from .scope import CrossEncoderScope, EmbeddingScope, ScopeClassifier
 SCOPES = ("embedding", "cross-encoder")
 # Cosine threshold of the embedding classifier, calibrated (F1-max) by bench/scope.py on
 # KnowEdit training cases; the cross-encoder stores its own threshold next to its weights.
-EMBEDDING_THRESHOLD = 0.705
+EMBEDDING_THRESHOLD = 0.701
 
 
 def default_scope_path() -> Path:
