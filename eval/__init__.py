@@ -1,4 +1,2 @@
-"""The evaluator: dataset loaders, metrics, the runner and reports.
-
-Planned (see DESIGN.md); not implemented yet.
-"""
+"""The evaluator: data set loaders (``knowedit``), ``cases``, ``metrics``, the ``runner``,
+``report`` writing, and the ``memedit eval`` command (``cli``)."""

@@ -1,6 +1,7 @@
 """Routers that decide per question whether and how a stored edit applies.
 
-Planned modules (see DESIGN.md): ``ike``, ``serac``, ``mello``, ``pokemqa``, ``grace``.
-Nothing is implemented here yet; importing this package only reserves the name
-``memedit.retrievers``.
+``ike`` (in-context editing) and ``serac`` (scope classifier + counterfactual answer) are
+built on ``base`` (retrieval, quoting edits as data, refusals, running a plan), ``demos``
+(our demonstration pool) and ``scope`` (the classifiers). ``mello``, ``pokemqa`` and
+``grace`` are planned (DESIGN.md). Use them through ``memedit.EditedModel``.
 """
