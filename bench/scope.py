@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from memedit.eval.knowedit import load_knowedit
-from memedit.model_files import cache_dir
+from memedit.retrievers.serac import default_scope_path
 from memedit.retrievers.scope import (DEFAULT_MAX_LENGTH, CrossEncoderScope, EmbeddingScope, ScopePair,
                                       scope_metrics, scope_pairs)
 
@@ -46,10 +46,6 @@ DATA = Path("/work/shared/data/knowedit")
 FILES = {"zsre": "ZsRE/ZsRE-test-all.json", "wiki_counterfact": "wiki_counterfact/train_cf.json"}
 EVAL_CASES = 200
 KINDS = ("reliability", "generality", "portability", "locality", "same_relation", "unrelated")
-
-
-def default_out() -> Path:
-    return cache_dir() / "scope" / "minilm-knowedit"
 
 
 def load_pairs(data: Path, train_limit: int, seed: int) -> tuple[list[ScopePair], dict[str, list[ScopePair]]]:
@@ -104,11 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=3e-5)
     parser.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH, help="tokens per (question, statement) pair")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=None, help=f"where the trained cross-encoder goes (default {default_out()})")
+    parser.add_argument("--out", type=Path, default=None, help=f"where the trained cross-encoder goes (default {default_scope_path()})")
     parser.add_argument("--reuse", action="store_true", help="load the cross-encoder from --out instead of training it")
     parser.add_argument("--results", type=Path, default=Path("bench/results/scope.json"), help="where to write the figures as JSON")
     args = parser.parse_args(argv)
-    out = (args.out or default_out()).expanduser()
+    out = (args.out or default_scope_path()).expanduser()
 
     started, cpu_started = time.perf_counter(), time.process_time()
     train, evaluation = load_pairs(args.data, args.train_limit, args.seed)
