@@ -24,7 +24,7 @@ def add_eval_parser(commands: Any) -> None:
     kn.add_argument("--limit", type=int, help="evaluate only the first N cases")
     kn.add_argument("--batch", type=int, help="cases sharing one memory (default: all of them)")
     kn.add_argument("--scoring", choices=[*SCORINGS, "both"], default="both")
-    kn.add_argument("--scope", default="embedding", help="SERAC scope classifier: embedding or cross-encoder")
+    kn.add_argument("--scope", choices=["embedding", "cross-encoder"], default="embedding", help="SERAC scope classifier")
     kn.add_argument("--scope-path", help="folder of a trained cross-encoder (default: the one bench/scope.py trains)")
     kn.add_argument("-k", type=int, default=3, help="edits retrieved per question (default 3)")
     kn.add_argument("--out", required=True, help="folder for summary.json, cases.jsonl and report.md")
