@@ -8,7 +8,7 @@ from typing import Any
 from .memory import Memory
 from .models import LanguageModel, Prompt, load_model
 
-ROUTERS = ("ike", "serac")
+ROUTERS = ("ike", "serac", "grace")
 
 
 def make_router(name: str, model: LanguageModel, memory: Memory, **options: Any):
@@ -19,6 +19,9 @@ def make_router(name: str, model: LanguageModel, memory: Memory, **options: Any)
     if name == "serac":
         from memedit.retrievers.serac import SERACRouter
         return SERACRouter(model, memory, **options)
+    if name == "grace":
+        from memedit.retrievers.grace import GRACERouter
+        return GRACERouter(model, memory, **options)
     raise ValueError(f"unknown router {name!r}; choose one of: {', '.join(ROUTERS)}")
 
 

@@ -1,4 +1,4 @@
-"""The SQLite store: edits, the append-only event log and cached embeddings.
+"""The SQLite store: edits, the append-only event log, cached embeddings and artifact references.
 
 The store is the only source of truth. Every write runs in one ``BEGIN IMMEDIATE``
 transaction, so a crash leaves either all of a write or none of it. Every query
@@ -58,6 +58,16 @@ CREATE TABLE IF NOT EXISTS embeddings (
     edit_rid INTEGER PRIMARY KEY REFERENCES edits (rid),
     model TEXT NOT NULL,
     vector BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS artifacts (
+    namespace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    file TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    meta TEXT NOT NULL DEFAULT '{}',
+    saved_at TEXT NOT NULL,
+    PRIMARY KEY (namespace, name)
 );
 """
 

@@ -1,0 +1,167 @@
+"""Named tensor files kept next to the database, referenced from the store with their SHA-256.
+
+An artifact is a dict of tensors saved as one safetensors file in ``<db>-artifacts/``
+plus a row in the store's ``artifacts`` table (namespace, name, file, SHA-256, size, JSON
+metadata). Saving writes the file first (atomically, under a name that contains its
+checksum), then commits the row in one transaction, then deletes the file it replaced:
+a crash leaves the old artifact or the new one, never half of one. Loading checks the
+file's SHA-256 against the row and raises :class:`ArtifactError` if they differ. Every
+read and write is scoped to one namespace. Used by the GRACE codebook; generic enough
+for weight deltas.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .edit import utc_now
+from .errors import MemeditError
+from .store import Store
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9._/-]{1,200}$")
+
+
+class ArtifactError(MemeditError, RuntimeError):
+    """An artifact file is missing or does not match the SHA-256 its store row records."""
+
+
+@dataclass(frozen=True)
+class ArtifactRef:
+    """The store's record of one artifact."""
+
+    namespace: str
+    name: str
+    file: str
+    sha256: str
+    bytes: int
+    meta: dict[str, Any]
+    saved_at: str
+
+
+def artifact_folder(db_path: str) -> Path | None:
+    """Where a database's artifact files live (None for an in-memory database)."""
+    return None if db_path == ":memory:" else Path(f"{db_path}-artifacts")
+
+
+class Artifacts:
+    """Save and load named tensor dicts of one namespace (see the module docstring).
+
+    ``folder`` defaults to ``<db>-artifacts``; for an in-memory database a temporary
+    folder is used, which lives as long as this object.
+    """
+
+    def __init__(self, store: Store, namespace: str, folder: str | Path | None = None, lock: Any = None) -> None:
+        self.store = store
+        self.namespace = namespace
+        self._lock = lock if lock is not None else threading.RLock()
+        self._tmp = None
+        if folder is None:
+            folder = artifact_folder(store.path)
+        if folder is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="memedit-artifacts-")
+            folder = self._tmp.name
+        space = hashlib.sha256(namespace.encode("utf-8")).hexdigest()[:16]
+        self.folder = Path(folder) / space
+
+    @classmethod
+    def for_memory(cls, memory) -> "Artifacts":
+        """The artifacts of ``memory``'s namespace, sharing its connection and lock."""
+        return cls(memory._store, memory.namespace, lock=memory._shared.lock)
+
+    def save(self, name: str, tensors: dict[str, Any], meta: dict[str, Any] | None = None) -> ArtifactRef:
+        """Save ``tensors`` (name -> torch tensor) as artifact ``name`` with JSON-able ``meta``; returns its ref."""
+        from safetensors.torch import save as to_bytes
+
+        _check_name(name)
+        meta = dict(meta or {})
+        try:
+            meta_text = json.dumps(meta, ensure_ascii=False)
+        except TypeError as err:
+            raise ValueError(f"artifact {name!r}: meta must be JSON-serialisable ({err}); pass plain dicts, lists, text and numbers") from None
+        data = to_bytes({k: v.detach().contiguous().cpu() for k, v in tensors.items()})
+        digest = hashlib.sha256(data).hexdigest()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        file = f"{name.replace('/', '__')}-{digest[:16]}.safetensors"
+        _write_atomic(self.folder / file, data)
+        with self._lock:
+            old = self.ref(name)
+            with self.store.write():
+                self.store.conn.execute(
+                    "INSERT OR REPLACE INTO artifacts (namespace, name, file, sha256, bytes, meta, saved_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (self.namespace, name, file, digest, len(data), meta_text, utc_now()))
+        if old is not None and old.file != file:
+            (self.folder / old.file).unlink(missing_ok=True)
+        return ArtifactRef(self.namespace, name, file, digest, len(data), meta, utc_now())
+
+    def ref(self, name: str) -> ArtifactRef | None:
+        """The store's row for artifact ``name`` of this namespace, or None."""
+        with self._lock:
+            row = self.store.conn.execute(
+                "SELECT file, sha256, bytes, meta, saved_at FROM artifacts WHERE namespace = ? AND name = ?",
+                (self.namespace, name)).fetchone()
+        if row is None:
+            return None
+        return ArtifactRef(self.namespace, name, row[0], row[1], row[2], json.loads(row[3]), row[4])
+
+    def load(self, name: str) -> tuple[dict[str, Any], ArtifactRef] | None:
+        """(tensors, ref) of artifact ``name``, checksum verified; None if there is none.
+
+        Raises :class:`ArtifactError` when the file is missing or its SHA-256 differs.
+        """
+        from safetensors.torch import load as from_bytes
+
+        ref = self.ref(name)
+        if ref is None:
+            return None
+        path = self.folder / ref.file
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            raise ArtifactError(f"artifact {name!r} of namespace {self.namespace!r}: cannot read {path} ({err}); "
+                                f"restore the file, or delete the artifact so it is rebuilt") from None
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != ref.sha256:
+            raise ArtifactError(f"artifact {name!r} of namespace {self.namespace!r}: {path} has SHA-256 {digest[:16]}..., "
+                                f"the store records {ref.sha256[:16]}...; the file was changed or corrupted: "
+                                f"restore it, or delete the artifact so it is rebuilt")
+        return from_bytes(data), ref
+
+    def delete(self, name: str) -> bool:
+        """Remove artifact ``name`` (row, then file); True if there was one."""
+        with self._lock:
+            old = self.ref(name)
+            if old is None:
+                return False
+            with self.store.write():
+                self.store.conn.execute("DELETE FROM artifacts WHERE namespace = ? AND name = ?", (self.namespace, name))
+        (self.folder / old.file).unlink(missing_ok=True)
+        return True
+
+    def names(self) -> list[str]:
+        """Names of this namespace's artifacts, sorted."""
+        with self._lock:
+            rows = self.store.conn.execute("SELECT name FROM artifacts WHERE namespace = ? ORDER BY name", (self.namespace,))
+            return [r[0] for r in rows]
+
+
+def _check_name(name: Any) -> None:
+    if not isinstance(name, str) or not NAME_PATTERN.match(name) or ".." in name:
+        raise ValueError(f"artifact name must be 1-200 characters of letters, digits, '.', '_', '-' and '/' "
+                         f"(no '..'), got {name!r}")
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
