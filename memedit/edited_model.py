@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Sequence
 
 from .memory import Memory
 from .models import LanguageModel, Prompt, load_model
@@ -34,9 +34,15 @@ class EditedModel:
         self.memory = memory
         self.router = make_router(router, self.model, memory, **options) if isinstance(router, str) else router
 
-    def ask(self, question: str):
-        """Answer ``question`` with the edits that apply: an ``Answer(text, edits_used, route, trace)``."""
-        return self.router.answer(question)
+    def ask(self, question: str, history: Sequence[dict[str, str]] = ()):
+        """Answer ``question`` with the edits that apply: an ``Answer(text, edits_used, route, trace)``.
+        ``history`` is the conversation so far, as role/content dicts."""
+        return self.router.answer(question, history)
+
+    def stream(self, question: str, history: Sequence[dict[str, str]] = ()):
+        """``ask``, as text pieces while the model writes: iterate the returned stream; its
+        ``answer`` (the full ``Answer``) is set once it is read to the end."""
+        return self.router.stream(question, history)
 
     def generate(self, prompt: Prompt | str, max_new_tokens: int = 32, stop: tuple[str, ...] = ("\n",)) -> str:
         """The unedited model's greedy continuation of ``prompt`` (raw text, no memory)."""

@@ -12,7 +12,7 @@ import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from .model_files import DEFAULT_MODEL, resolve
 
@@ -23,10 +23,13 @@ PREFIX_CACHE_SIZE = 4
 @dataclass(frozen=True)
 class Prompt:
     """Model-ready text split in two: ``prefix`` is shared between many prompts (its key/value
-    cache is reused), ``body`` is what changes. The model sees ``prefix + body``."""
+    cache is reused), ``body`` is what changes. The model sees ``prefix + body``.
+    ``messages`` keeps the chat turns the text was rendered from, as (role, content) pairs,
+    for backends that take messages rather than text (a LangChain chat model)."""
 
     prefix: str
     body: str
+    messages: tuple[tuple[str, str], ...] = ()
 
     @property
     def text(self) -> str:
@@ -71,11 +74,12 @@ class LanguageModel:
         for the assistant's reply. The first ``cache_turns`` messages become the cached prefix.
         Without a chat template, a plain ``Role: content`` transcript is used."""
         text = self._render(messages, generation=True)
+        pairs = message_pairs(messages)
         if cache_turns:
             prefix = self._render(messages[:cache_turns], generation=False)
             if text.startswith(prefix):
-                return Prompt(prefix, text[len(prefix):])
-        return Prompt("", text)
+                return Prompt(prefix, text[len(prefix):], pairs)
+        return Prompt("", text, pairs)
 
     def _render(self, messages: Sequence[dict[str, str]], generation: bool) -> str:
         if self.has_chat_template:
@@ -126,11 +130,18 @@ class LanguageModel:
     def generate(self, prompt: Prompt | str, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
                  stop: Sequence[str] = ("\n",)) -> str:
         """Greedy continuation of one prompt, cut at the first stop string or end of turn."""
+        return "".join(self.stream(prompt, max_new_tokens=max_new_tokens, stop=stop))
+
+    def stream(self, prompt: Prompt | str, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+               stop: Sequence[str] = ("\n",)) -> Iterator[str]:
+        """``generate``, piece by piece as tokens come: the pieces join to exactly what
+        ``generate`` returns (text that may start a stop string is held back until it cannot)."""
         import torch
 
         prompt = as_prompt(prompt)
         eos = self._eos_ids()
         new: list[int] = []
+        visible = VisibleText(stop)
         with self._lock, torch.inference_mode():
             logits, cache, _ = self._forward(prompt)
             for _ in range(max_new_tokens):
@@ -138,13 +149,16 @@ class LanguageModel:
                 if token in eos:
                     break
                 new.append(token)
-                if stop and _stop_at(self.tokenizer.decode(new), stop) is not None:
+                piece = visible.update(self.tokenizer.decode(new, skip_special_tokens=True))
+                if piece:
+                    yield piece
+                if visible.stopped:
                     break
                 out = self.model(input_ids=torch.tensor([[token]], device=self.device), past_key_values=cache, use_cache=True)
                 logits, cache = out.logits[0], out.past_key_values
-        text = self.tokenizer.decode(new, skip_special_tokens=True)
-        cut = _stop_at(text, stop)
-        return (text if cut is None else text[:cut]).strip()
+        rest = visible.finish()
+        if rest:
+            yield rest
 
     def generate_batch(self, prompts: Sequence[Prompt | str], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
                        stop: Sequence[str] = ("\n",), batch_size: int = 8) -> list[str]:
@@ -210,6 +224,45 @@ class LanguageModel:
 def _stop_at(text: str, stop: Sequence[str]) -> int | None:
     found = [i for i in (text.find(s) for s in stop if s) if i >= 0]
     return min(found) if found else None
+
+
+def message_pairs(messages: Sequence[dict[str, str]]) -> tuple[tuple[str, str], ...]:
+    """Chat messages (role/content dicts) as hashable (role, content) pairs."""
+    return tuple((m["role"], m["content"]) for m in messages)
+
+
+class VisibleText:
+    """The part of a growing generation that is final: cut at the first stop string, stripped,
+    and holding back any tail that could still become a stop string, trailing white space or
+    half a character. ``update(full_text)`` returns the newly final piece; ``finish()`` the rest."""
+
+    def __init__(self, stop: Sequence[str] = ()) -> None:
+        self.stop = [s for s in stop if s]
+        self.hold = max((len(s) for s in self.stop), default=1) - 1
+        self.sent = ""
+        self.full = ""
+        self.stopped = False
+
+    def _final(self) -> str:
+        cut = _stop_at(self.full, self.stop)
+        self.stopped = cut is not None
+        return (self.full if cut is None else self.full[:cut]).strip()
+
+    def update(self, full: str) -> str:
+        self.full = full
+        final = self._final()
+        if not self.stopped:
+            final = self.full[:len(self.full) - self.hold].rstrip("\ufffd").strip()
+        return self._advance(final)
+
+    def finish(self) -> str:
+        return self._advance(self._final())
+
+    def _advance(self, final: str) -> str:
+        if not final.startswith(self.sent):  # cannot happen with greedy text; be safe
+            return ""
+        piece, self.sent = final[len(self.sent):], final
+        return piece
 
 
 _loaded: dict[tuple[str, str], LanguageModel] = {}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator, Sequence
 
 from memedit.memory import Hit, Memory
 from memedit.models import LanguageModel, Prompt
@@ -72,6 +72,16 @@ def demo_turns(demos: list[Demo]) -> list[dict[str, str]]:
     return turns
 
 
+def check_history(history: Sequence[dict[str, str]]) -> list[dict[str, str]]:
+    """Earlier turns of a conversation as role/content dicts, checked."""
+    turns = []
+    for i, turn in enumerate(history):
+        if not isinstance(turn, dict) or turn.get("role") not in ("system", "user", "assistant") or not isinstance(turn.get("content"), str):
+            raise ValueError(f"history[{i}] must be a dict with role 'system', 'user' or 'assistant' and text content, got {turn!r}")
+        turns.append({"role": turn["role"], "content": turn["content"]})
+    return turns
+
+
 def hit_record(hit: Hit, **decision: Any) -> dict[str, Any]:
     return {"id": hit.edit.id, "kind": hit.edit.kind, "statement": hit.edit.statement,
             "score": round(float(hit.score), 4), **decision}
@@ -80,14 +90,17 @@ def hit_record(hit: Hit, **decision: Any) -> dict[str, Any]:
 class Router:
     """Base class: retrieval, the unedited route, refusals, and running a plan.
 
-    ``k`` edits are retrieved per question; ``max_new_tokens`` bounds each answer;
-    ``refusal`` is the reply to a question that falls under an erase edit.
+    ``k`` edits are retrieved per question; ``max_new_tokens`` bounds each answer and
+    ``stop`` cuts it (a chatbot wants ``stop=()`` and more tokens); ``refusal`` is the reply
+    to a question that falls under an erase edit; ``system`` is the system prompt.
+    Every prompt is ``system, [demonstrations], history, question``: ``history`` holds the
+    conversation's earlier turns (its system turns are joined to ``system``).
     """
 
     name = "router"
 
     def __init__(self, model: LanguageModel, memory: Memory, k: int = 3, refusal: str = DEFAULT_REFUSAL,
-                 max_new_tokens: int = 24, system: str = ANSWER_SYSTEM) -> None:
+                 max_new_tokens: int = 24, system: str = ANSWER_SYSTEM, stop: Sequence[str] = ("\n",)) -> None:
         if not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a whole number of 1 or more, got {k!r}")
         if not isinstance(refusal, str) or not refusal.strip():
@@ -98,6 +111,7 @@ class Router:
         self.refusal = refusal
         self.max_new_tokens = max_new_tokens
         self.system = system
+        self.stop = tuple(stop)
 
     def retrieve(self, question: str, trace: list[dict[str, Any]], vector=None) -> list[Hit]:
         """The ``k`` nearest active edits, recorded in the trace."""
@@ -107,16 +121,25 @@ class Router:
         trace.append({"step": "retrieve", "k": self.k, "edits": [hit_record(h) for h in hits]})
         return hits
 
-    def base_prompt(self, question: str) -> Prompt:
+    def messages(self, question_text: str, history: Sequence[dict[str, str]] = (),
+                 demos: Sequence[dict[str, str]] = ()) -> list[dict[str, str]]:
+        """The chat turns of a prompt: system (with the history's system turns), demonstrations,
+        the rest of the history, then the user's turn."""
+        history = check_history(history)
+        system = "\n\n".join([self.system] + [t["content"] for t in history if t["role"] == "system"])
+        return [{"role": "system", "content": system}, *demos, *[t for t in history if t["role"] != "system"],
+                {"role": "user", "content": question_text}]
+
+    def base_prompt(self, question: str, history: Sequence[dict[str, str]] = ()) -> Prompt:
         """The prompt of the unedited model: the same for every router, so out-of-scope
         answers are exactly what the model says without the memory."""
-        return self.model.chat([{"role": "system", "content": self.system}, {"role": "user", "content": question}])
+        return self.model.chat(self.messages(question, history))
 
-    def base_plan(self, question: str, trace: list[dict[str, Any]]) -> Plan:
-        return Plan("base", prompt=self.base_prompt(question), trace=trace)
+    def base_plan(self, question: str, trace: list[dict[str, Any]], history: Sequence[dict[str, str]] = ()) -> Plan:
+        return Plan("base", prompt=self.base_prompt(question, history), trace=trace)
 
     def edited_plan(self, question: str, applied: list[StoredEdit], demos: list[dict[str, str]], cached_demos: int,
-                    trace: list[dict[str, Any]]) -> Plan:
+                    trace: list[dict[str, Any]], history: Sequence[dict[str, str]] = ()) -> Plan:
         """The plan for edits in scope (best first): a refusal when the best is an erase,
         else a prompt with the demonstration turns and the quoted facts before the question."""
         best = applied[0]
@@ -124,26 +147,69 @@ class Router:
             trace.append({"step": "refuse", "edit": best.id, "text": self.refusal})
             return Plan("erase", text=self.refusal, edits_used=[best], trace=trace)
         facts = [e for e in applied if e.kind != "erase"]
-        messages = [{"role": "system", "content": self.system}, *demos,
-                    {"role": "user", "content": question_turn(question, quote_facts([e.statement for e in facts]))}]
-        prompt = self.model.chat(messages, cache_turns=1 + 2 * cached_demos)
+        turn = question_turn(question, quote_facts([e.statement for e in facts]))
+        prompt = self.model.chat(self.messages(turn, history, demos), cache_turns=1 + 2 * cached_demos)
         return Plan(self.name, prompt=prompt, edits_used=facts, trace=trace)
 
-    def plan(self, question: str) -> Plan:
+    def plan(self, question: str, history: Sequence[dict[str, str]] = ()) -> Plan:
         """Decide how to answer; subclasses override."""
         raise NotImplementedError
 
-    def answer(self, question: str) -> Answer:
-        """Answer ``question`` with the edits that apply, recording each decision in the trace."""
-        if not isinstance(question, str) or not question.strip():
-            raise ValueError(f"question must be non-empty text, got {question!r}")
-        return self.run(self.plan(question))
+    def answer(self, question: str, history: Sequence[dict[str, str]] = ()) -> Answer:
+        """Answer ``question`` (after the conversation's earlier turns ``history``) with the
+        edits that apply, recording each decision in the trace."""
+        return self.run(self.plan(check_question(question), history))
+
+    def stream(self, question: str, history: Sequence[dict[str, str]] = ()) -> "AnswerStream":
+        """``answer``, as text pieces while the model writes; the :class:`Answer` is on the
+        stream's ``answer`` once it is read to the end."""
+        return AnswerStream(self, self.plan(check_question(question), history), question)
 
     def run(self, plan: Plan) -> Answer:
         """Carry out a plan: generate from its prompt, or reply its fixed text."""
-        text = plan.text
-        if text is None:
-            plan.trace.append({"step": "prompt", "text": plan.prompt.text})
-            text = self.model.generate(plan.prompt, max_new_tokens=self.max_new_tokens)
+        return self.finish(plan, "".join(self.pieces(plan)))
+
+    def pieces(self, plan: Plan) -> Iterator[str]:
+        """The reply to a plan, piece by piece."""
+        if plan.text is not None:
+            yield plan.text
+            return
+        plan.trace.append({"step": "prompt", "text": plan.prompt.text})
+        yield from self.model.stream(plan.prompt, max_new_tokens=self.max_new_tokens, stop=self.stop)
+
+    def finish(self, plan: Plan, text: str) -> Answer:
+        """The answer once the reply ``text`` is complete."""
+        if plan.text is None:
             plan.trace.append({"step": "generate", "text": text})
         return Answer(text, plan.edits_used, plan.route, plan.trace)
+
+
+def check_question(question: Any) -> str:
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError(f"question must be non-empty text, got {question!r}")
+    return question
+
+
+class AnswerStream:
+    """Text pieces of a router's reply as they come; ``answer`` is set once all are read."""
+
+    def __init__(self, router: Router, plan: Plan, question: str) -> None:
+        self.router, self.plan, self.question = router, plan, question
+        self.answer: Answer | None = None
+
+    @property
+    def route(self) -> str:
+        return self.plan.route
+
+    @property
+    def edits_used(self) -> list[StoredEdit]:
+        return self.plan.edits_used
+
+    def __iter__(self) -> Iterator[str]:
+        if self.answer is not None:
+            raise RuntimeError("this stream was already read; ask again for a new one")
+        parts = []
+        for piece in self.router.pieces(self.plan):
+            parts.append(piece)
+            yield piece
+        self.answer = self.router.finish(self.plan, "".join(parts))

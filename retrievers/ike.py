@@ -10,6 +10,8 @@ unedited model answers.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 from memedit.memory import Memory
@@ -32,7 +34,7 @@ class IKERouter(Router):
         self.choices = list(DEMOS[n_demos:])
         self._choice_vectors = memory.embedder.encode([d.question for d in self.choices])
 
-    def plan(self, question: str) -> Plan:
+    def plan(self, question: str, history: Sequence[dict[str, str]] = ()) -> Plan:
         trace: list[dict] = []
         vector = self.memory.embedder.encode_one(question)
         hits = self.retrieve(question, trace, vector)
@@ -40,7 +42,7 @@ class IKERouter(Router):
         trace.append({"step": "scope", "classifier": "cosine", "threshold": self.min_score,
                       "edits": [hit_record(h, in_scope=h.score >= self.min_score) for h in hits]})
         if not shown:
-            return self.base_plan(question, trace)
+            return self.base_plan(question, trace, history)
         nearest = self.choices[int(np.argmax(self._choice_vectors @ vector))]
         trace.append({"step": "demonstrations", "fixed": len(self.fixed), "nearest": nearest.question})
-        return self.edited_plan(question, [h.edit for h in shown], demo_turns(self.fixed + [nearest]), len(self.fixed), trace)
+        return self.edited_plan(question, [h.edit for h in shown], demo_turns(self.fixed + [nearest]), len(self.fixed), trace, history)

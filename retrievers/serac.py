@@ -9,6 +9,8 @@ trained on KnowEdit-style data (``scope="cross-encoder"``, see ``bench/scope.py`
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from pathlib import Path
 
 from memedit.memory import Memory
@@ -50,7 +52,7 @@ class SERACRouter(Router):
             self.scope.threshold = threshold
         self.demos = demo_turns(by_kind("copy")[:2] + by_kind("update")[:2])
 
-    def plan(self, question: str) -> Plan:
+    def plan(self, question: str, history: Sequence[dict[str, str]] = ()) -> Plan:
         trace: list[dict] = []
         hits = self.retrieve(question, trace)
         scores = self.scope.scores(question, [h.edit.statement for h in hits]) if hits else []
@@ -60,5 +62,5 @@ class SERACRouter(Router):
                                 for h, s in zip(hits, scores)]})
         in_scope = [hits[i].edit for s, i in ranked if s >= self.scope.threshold]
         if not in_scope:
-            return self.base_plan(question, trace)
-        return self.edited_plan(question, in_scope[:1], self.demos, len(self.demos) // 2, trace)
+            return self.base_plan(question, trace, history)
+        return self.edited_plan(question, in_scope[:1], self.demos, len(self.demos) // 2, trace, history)

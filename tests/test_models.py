@@ -118,3 +118,14 @@ def test_batched_generation_matches_one_at_a_time(lm):
     prompts = [lm.chat([{"role": "user", "content": q}]) for q in
                ("Name a primary colour.", "What is two plus two?", "Say hello in French.")]
     assert lm.generate_batch(prompts, max_new_tokens=12, batch_size=3) == [lm.generate(p, max_new_tokens=12) for p in prompts]
+
+
+def test_streamed_pieces_join_to_the_batched_generation(lm):
+    """Streaming holds back text that may become a stop string, and still loses nothing:
+    compared with Hugging Face's own generate (the batched path), not with itself."""
+    prompt = lm.chat([{"role": "user", "content": "Count from one to ten, separated by commas."}])
+    for stop in ((), ("\n",), (", 5",)):
+        pieces = list(lm.stream(prompt, max_new_tokens=20, stop=stop))
+        assert len(pieces) > 1 and all(pieces)
+        assert "".join(pieces) == lm.generate_batch([prompt], max_new_tokens=20, stop=stop)[0]
+    assert ", 5" not in "".join(pieces) and "4" in "".join(pieces)

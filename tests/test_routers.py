@@ -118,3 +118,21 @@ def test_unknown_router_and_bad_options_are_clear_errors(lm, memory):
         EditedModel(lm, memory, router="ike", k=0)
     with pytest.raises(ValueError, match="question"):
         EditedModel(lm, memory, router="ike").ask("  ")
+
+
+@pytest.mark.parametrize("router", ROUTERS)
+def test_history_comes_before_the_question_and_keeps_out_of_scope_answers_unedited(edited, memory, router):
+    model = edited(router)
+    history = [{"role": "system", "content": "The user is called Zed."},
+               {"role": "user", "content": "Hello!"}, {"role": "assistant", "content": "Hello, Zed."}]
+    memory.add(**FACT)
+    answer = model.ask(UNRELATED, history)
+    assert answer.route == "base"
+    expected = model.model.chat([{"role": "system", "content": model.router.system + "\n\nThe user is called Zed."},
+                                 *history[1:], {"role": "user", "content": UNRELATED}])
+    assert answer.text == model.model.generate(expected, max_new_tokens=model.router.max_new_tokens)
+    edited_answer = model.ask("Tokyo is the capital of", history)
+    prompt = next(step["text"] for step in edited_answer.trace if step["step"] == "prompt")
+    assert prompt.index("Hello, Zed.") < prompt.rindex("<facts>") and "The user is called Zed." in prompt
+    with pytest.raises(ValueError, match=r"history\[0\]"):
+        model.ask(UNRELATED, [{"role": "robot", "content": "beep"}])
