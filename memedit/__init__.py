@@ -2,11 +2,12 @@
 
 from .edit import Edit
 from .errors import ConflictError, EditError, EditNotFound, ImportFailed, MemeditError, ModelPackageError, StoreOpenError
+from .chat import ChatSession
 from .edited_model import EditedModel
 from .memory import Hit, Memory
 from .models import LanguageModel, load_model
 from .store import Event, StoredEdit
 
 __version__ = "0.1.0"
-__all__ = ["Edit", "EditedModel", "LanguageModel", "load_model", "StoredEdit", "Memory", "Hit", "Event", "MemeditError", "EditError", "EditNotFound",
+__all__ = ["Edit", "EditedModel", "ChatSession", "LanguageModel", "load_model", "StoredEdit", "Memory", "Hit", "Event", "MemeditError", "EditError", "EditNotFound",
            "ConflictError", "ImportFailed", "ModelPackageError", "StoreOpenError", "__version__"]

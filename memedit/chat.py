@@ -1,8 +1,9 @@
 """ChatSession: a conversation with an EditedModel, where facts can be taught mid-conversation.
 
 A user message that starts with "remember that ..." (or "from now on, remember that ...",
-"please remember: ...") stores the rest as an edit in the session's memory namespace and
-is acknowledged without asking the model; every other message is answered through the
+"please remember: ...", possibly after a short first sentence such as "That is wrong.")
+stores the rest as an edit in the session's memory namespace and is acknowledged without
+asking the model; every other message is answered through the
 router with the edits applied and the conversation so far as history. The bot (the code
 around it) teaches facts with :meth:`ChatSession.remember` and erases with :meth:`forget`.
 """
@@ -16,7 +17,9 @@ from typing import Any, Iterator
 from .edited_model import EditedModel
 from .store import StoredEdit
 
-REMEMBER = re.compile(r"^\s*(?:(?:from now on|please|and)\s*[,:]?\s*)*remember\s*(?:that\b|:)?\s*(?P<fact>.+)$", re.I | re.S)
+# "remember that ...", "From now on, remember: ...", "No. Please remember that ..."
+REMEMBER = re.compile(r"^\s*(?:[^.!?]{0,40}[.!?]\s+)?(?:(?:from now on|please|and)\s*[,:]?\s*)*remember\s*(?:that\b|:)?\s*(?P<fact>.+)$",
+                      re.I | re.S)
 
 
 def remembered_fact(message: str) -> str | None:
@@ -25,7 +28,7 @@ def remembered_fact(message: str) -> str | None:
     if not match:
         return None
     fact = match.group("fact").strip().rstrip(".!").strip()
-    if not fact:
+    if not re.search(r"\w", fact) or fact.endswith("?"):
         return None
     return fact[0].upper() + fact[1:] + "."
 

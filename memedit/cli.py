@@ -1,4 +1,5 @@
-"""The ``memedit`` command line: add, import, list, search, history, retract, export, stats."""
+"""The ``memedit`` command line: add, import, list, search, history, retract, export, stats,
+ask and chat (a model answering through the memory), eval."""
 
 from __future__ import annotations
 
@@ -75,6 +76,17 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--active-only", action="store_true", help="only active edits, without supersedes links")
 
     commands.add_parser("stats", parents=[common], help="counts of edits and events in the namespace")
+
+    for name, help_ in (("ask", "answer one question through the memory, with the trace"),
+                        ("chat", "a conversation through the memory: one message per input line; "
+                                 "'remember that ...' teaches a fact")):
+        sub = commands.add_parser(name, parents=[common], help=help_)
+        if name == "ask":
+            sub.add_argument("question")
+        sub.add_argument("--model", default="smollm2-135m", help="packaged name or local path (default: smollm2-135m)")
+        sub.add_argument("--router", choices=["ike", "serac"], default="serac", help="default: serac")
+        sub.add_argument("--max-new-tokens", type=int, default=24 if name == "ask" else 96,
+                         help="answer length bound (default: 24 for ask, 96 for chat)")
 
     from memedit.eval.cli import add_eval_parser
     add_eval_parser(commands)
@@ -184,8 +196,53 @@ def cmd_stats(memory: Memory, args: argparse.Namespace) -> int:
     return 0
 
 
+def _edited(memory: Memory, args: argparse.Namespace, stop: tuple[str, ...]):
+    from .edited_model import EditedModel
+
+    return EditedModel(args.model, memory, router=args.router, stop=stop, max_new_tokens=args.max_new_tokens)
+
+
+def cmd_ask(memory: Memory, args: argparse.Namespace) -> int:
+    answer = _edited(memory, args, stop=("\n",)).ask(args.question)
+    if args.json:
+        _print_json({"text": answer.text, "route": answer.route, "edits_used": [e.id for e in answer.edits_used],
+                     "trace": answer.trace})
+        return 0
+    print(answer.text)
+    print(f"[route {answer.route}; edits {', '.join(e.id for e in answer.edits_used) or 'none'}]", file=sys.stderr)
+    return 0
+
+
+def cmd_chat(memory: Memory, args: argparse.Namespace) -> int:
+    from .chat import ChatSession
+
+    session = ChatSession(_edited(memory, args, stop=()))
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            print("you> ", end="", flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            return 0
+        if not line.strip():
+            continue
+        if args.json:
+            turn = session.send(line.strip())
+            print(json.dumps({"user": turn.user, "reply": turn.reply, "route": turn.route,
+                              "edits_used": [e.id for e in turn.edits_used],
+                              "learned": turn.learned.id if turn.learned else None}, ensure_ascii=False), flush=True)
+            continue
+        print("bot> " if interactive else "", end="", flush=True)
+        for piece in session.stream(line.strip()):
+            print(piece, end="", flush=True)
+        turn = session.turns[-1]
+        print()
+        print(f"[route {turn.route}; edits {', '.join(e.id for e in turn.edits_used) or 'none'}]", file=sys.stderr)
+
+
 COMMANDS = {"add": cmd_add, "import": cmd_import, "list": cmd_list, "search": cmd_search,
-            "history": cmd_history, "retract": cmd_retract, "export": cmd_export, "stats": cmd_stats}
+            "history": cmd_history, "retract": cmd_retract, "export": cmd_export, "stats": cmd_stats,
+            "ask": cmd_ask, "chat": cmd_chat}
 
 
 # -- output ---------------------------------------------------------------------------

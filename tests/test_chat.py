@@ -21,6 +21,10 @@ def session_for(lm, memory, router="serac", **options) -> ChatSession:
     ("Please, remember that the wifi is 'guest'!", "The wifi is 'guest'."),
     ("What do you remember about Alice?", None),
     ("Remember", None),
+    ("That is wrong. Remember that the lab head is Dana.", "The lab head is Dana."),
+    ("Alice left the firm last year, as I said before. Remember that?", None),
+    ("Remember that?", None),
+    ("Remember: why is the sky blue?", None),
     ("I remember that Alice left.", None),
 ])
 def test_remember_messages_are_recognised(message, fact):

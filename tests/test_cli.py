@@ -167,3 +167,20 @@ def test_unopenable_database_is_a_clear_error(capsys, tmp_path):
     assert not_a_db.read_text().startswith("just some notes")  # left as it was
     code, _, err = run(capsys, "--db", tmp_path / "missing-folder" / "x.db", "stats")
     assert code == 1 and "folder exists" in err
+
+
+@pytest.mark.slow
+def test_chat_learns_from_a_line_and_ask_uses_it_in_that_namespace_only(capsys, db, monkeypatch, lm):
+    import io
+
+    lines = "From now on, remember that Alice's manager is Bob.\n\nWho is Alice's manager?\n"
+    monkeypatch.setattr(sys, "stdin", io.StringIO(lines))
+    code, out, err = run(capsys, "--db", db, "-n", "u1", "chat", "--json")
+    assert code == 0, err
+    turns = [json.loads(line) for line in out.splitlines()]
+    assert [t["route"] for t in turns] == ["remember", "serac"]
+    assert turns[1]["edits_used"] == [turns[0]["learned"]] and "Bob" in turns[1]["reply"]
+
+    asked = run_json(capsys, "--db", db, "-n", "u1", "ask", "Who is Alice's manager?")
+    assert asked["edits_used"] == [turns[0]["learned"]] and [s["step"] for s in asked["trace"]][:2] == ["retrieve", "scope"]
+    assert run_json(capsys, "--db", db, "-n", "u2", "ask", "Who is Alice's manager?")["route"] == "base"

@@ -249,3 +249,20 @@ def test_local_chat_model_streams_what_the_model_generates(lm):
     expected = lm.generate(lm.chat([{"role": "user", "content": "Name three colours."}]), max_new_tokens=12, stop=())
     assert "".join(pieces) == expected and len([p for p in pieces if p]) > 1
     assert chat.invoke("Name three colours.").content == expected
+
+
+@pytest.mark.slow
+def test_example_agent_uses_a_correction_three_turns_later(lm, tmp_path):
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "examples" / "chat_agent.py"
+    spec = importlib.util.spec_from_file_location("chat_agent", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    turns = example.run(db=tmp_path / "agent.db")
+    (_, first, first_route), (_, stored, tool), *_, (question, last, last_route) = turns
+    assert question == turns[0][0] and first_route == "base" and "Dana Reyes" not in first
+    assert tool == "tool:remember_fact" and "Remembered edit" in stored
+    assert last_route == "serac" and "Dana Reyes" in last
+    with Memory(tmp_path / "agent.db", namespace="agent-1") as memory:
+        assert [e.statement for e in memory.list()] == ["The head of the Zorvath research lab is Dana Reyes."]

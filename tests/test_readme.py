@@ -18,4 +18,6 @@ def test_readme_api_tour_runs(tmp_path, monkeypatch, capsys):
         exec(compile(block, str(README), "exec"), {"__name__": "readme"})
     out = capsys.readouterr().out
     assert "['add', 'supersede', 'restore']" in out
+    assert 'serac ["Alice\'s manager is Bob."]' in out                      # the chat session used the taught fact
+    assert "memedit could not do that: no edit with id 'no-such-id'" in out   # a tool error, as text
     assert (tmp_path / "memedit.db").exists() and (tmp_path / "other.db").exists()
