@@ -250,7 +250,6 @@ class LayerAdaptor:
         """
         value = init.detach().clone().requires_grad_(True)
         optimizer = torch.optim.Adam([value], lr=self.settings.lr)
-        slot: dict[str, torch.Tensor] = {}
 
         def hook(module, args, output):
             return value.to(output.dtype).expand_as(output)
@@ -280,11 +279,10 @@ class LayerAdaptor:
                     optimizer.step()
         finally:
             handle.remove()
-            slot.clear()
         return value.detach().clone(), {"steps": step, "loss": round(loss_value, 4), "fit": correct}
 
 
-@dataclass
+@dataclass(eq=False)
 class Entry:
     """One codebook entry: a key, its value (None for an erase), its radius, and the edits
     it serves (the first is the one whose prompt gave the key)."""

@@ -106,8 +106,8 @@ def test_a_near_key_with_another_target_is_added_and_both_radii_split(lm, memory
 
 def test_the_codebook_is_saved_reloaded_and_a_retraction_removes_its_key(lm, memory, caplog):
     router = GRACERouter(lm, memory)
-    edit = memory.add(**FAMILY)
     tokyo = memory.add(subject="Tokyo", prompt="{} is the capital of", target="Canada")
+    edit = memory.add(**FAMILY)
     answer = router.answer(QUESTION).text
     ref = router.artifacts.ref(router.artifact_name)
     path = router.artifacts.folder / ref.file
@@ -116,7 +116,7 @@ def test_the_codebook_is_saved_reloaded_and_a_retraction_removes_its_key(lm, mem
     again = GRACERouter(lm, memory)  # a new router over the same memory: loads, trains nothing
     assert again.answer(QUESTION).text == answer
     assert again.events == []
-    assert [e.edit_ids for e in again.entries] == [[edit.id], [tokyo.id]]
+    assert [e.edit_ids for e in again.entries] == [[tokyo.id], [edit.id]]
     for old, new in zip(router.entries, again.entries):
         assert torch.equal(old.key, new.key) and torch.equal(old.value, new.value) and old.radius == new.radius
 
