@@ -12,7 +12,7 @@ from .runner import SCORINGS
 
 
 def add_eval_parser(commands: Any) -> None:
-    """Register ``memedit eval knowedit`` on the CLI's subcommands."""
+    """Register ``memedit eval knowedit`` and ``memedit eval mquake`` on the CLI's subcommands."""
     ev = commands.add_parser("eval", help="evaluate a router on a benchmark and write a report")
     benches = ev.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     kn = benches.add_parser("knowedit", help="KnowEdit JSON (ZsRE, wiki_counterfact) or our probe JSONL",
@@ -32,8 +32,86 @@ def add_eval_parser(commands: Any) -> None:
                                                 "when running several evaluations at once)")
     kn.add_argument("--no-progress", action="store_true")
 
+    mq = benches.add_parser("mquake", help="MQuAKE multi-hop questions in the k-edited setting (resumable)",
+                            description="Batches of k cases over the whole file; the memory holds all edits of a batch; "
+                                        "every question goes through the router. A rerun with the same settings skips "
+                                        "finished cases.")
+    mq.add_argument("--data", required=True, help="MQuAKE JSON file (e.g. MQuAKE-hard.json)")
+    mq.add_argument("--router", choices=["mello", "pokemqa", "ike"], default="pokemqa")
+    mq.add_argument("--model", default="smollm2-135m", help="packaged name (smollm2-135m, qwen2.5-1.5b) or a local path")
+    mq.add_argument("--k", nargs="+", default=["1"], help="cases per batch: numbers and/or 'all' (several: one run each)")
+    mq.add_argument("--limit", type=int, help="ask only the first N cases")
+    mq.add_argument("--questions", type=int, choices=[1, 2, 3], default=1, help="questions asked per case (default 1)")
+    mq.add_argument("--max-hops", type=int, default=5, help="loop limit of MeLLo and PokeMQA (default 5)")
+    mq.add_argument("--detector", choices=["cross-encoder", "embedding"], default="cross-encoder",
+                    help="PokeMQA's second-stage scope detector (default: the cross-encoder bench/scope.py trains)")
+    mq.add_argument("--out", required=True, help="folder: one sub-folder per router and k, plus the plot and a table")
+    mq.add_argument("--threads", type=int, help="CPU threads for the model")
+    mq.add_argument("--no-progress", action="store_true")
+
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    if args.benchmark == "mquake":
+        return cmd_mquake(args)
+    return cmd_knowedit(args)
+
+
+def cmd_mquake(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from memedit.edited_model import make_router
+    from memedit.models import load_model
+
+    from .mquake import batch_size, load_mquake
+    from .mquake_runner import evaluate_mquake
+    from .plot import collect_summaries, plot_accuracy_vs_k
+
+    cases = load_mquake(args.data)
+    for k in args.k:
+        batch_size(k, len(cases))  # a bad k fails before the model loads
+    if args.max_hops < 1:
+        raise ValueError(f"--max-hops must be 1 or more, got {args.max_hops}")
+    model = load_model(args.model)
+    options: dict[str, Any] = {}
+    if args.router in ("mello", "pokemqa"):
+        options["max_hops"] = args.max_hops
+    if args.router == "pokemqa":
+        from memedit.embeddings import get_embedder
+        from memedit.retrievers.serac import load_scope
+        options["detector"] = load_scope(args.detector, embedder=get_embedder())
+    root = Path(args.out)
+    for k in args.k:
+        settings = {"benchmark": "mquake", "data": args.data, "router": args.router, "model": args.model,
+                    "max_hops": args.max_hops if args.router != "ike" else None,
+                    "detector": args.detector if args.router == "pokemqa" else None,
+                    "command": "memedit " + " ".join(shlex.quote(a) for a in sys.argv[1:])}
+        out = root / f"{args.router}-{Path(args.model).name}-k{k}"
+        print(f"{args.router}, k={k} -> {out}", file=sys.stderr)
+        evaluate_mquake(cases, lambda memory: make_router(args.router, model, memory, **options), k, out,
+                        limit=args.limit, questions=args.questions, settings=settings, progress=not args.no_progress)
+        print((out / "report.md").read_text())
+    summaries = collect_summaries(root)
+    plot = plot_accuracy_vs_k(summaries, root / "accuracy_vs_k.png")
+    (root / "summary.md").write_text(mquake_table(summaries), encoding="utf-8")
+    print(f"plot: {plot}\ntable: {root / 'summary.md'}")
+    return 0
+
+
+def mquake_table(summaries: list[dict[str, Any]]) -> str:
+    """One Markdown row per run under the output folder."""
+    rows = ["| router | model | k | cases | accuracy | hop-wise | s/case | failures |", "|---|---|---|---|---|---|---|---|"]
+    for data in summaries:
+        meta, s = data["meta"], data["summary"]
+        failures = ", ".join(f"{name} {n}" for name, n in s["failures"].items()) or "–"
+        rows.append(f"| {meta['router']} | {meta['model']} | {meta['k']} | {s['cases']} | {s['accuracy']} | "
+                    f"{s['hop_accuracy']} | {s['seconds_per_case']} | {failures} |")
+    return "\n".join(rows) + "\n"
+
+
+def cmd_knowedit(args: argparse.Namespace) -> int:
     from memedit.edited_model import make_router
     from memedit.models import load_model
 
@@ -41,9 +119,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .report import write_report
     from .runner import evaluate
 
-    if args.threads:
-        import torch
-        torch.set_num_threads(args.threads)
     if args.data.endswith(".jsonl"):
         cases, dataset = load_probe_jsonl(args.data, limit=args.limit), "jsonl"
     else:

@@ -2,31 +2,31 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from typing import Any, Sequence
 
 from .memory import Memory
 from .models import LanguageModel, Prompt, load_model
 
-ROUTERS = ("ike", "serac", "grace")
+# name -> (module in memedit.retrievers, class): imported only when used.
+ROUTER_CLASSES = {"ike": ("ike", "IKERouter"), "serac": ("serac", "SERACRouter"), "mello": ("mello", "MeLLoRouter"),
+                  "pokemqa": ("pokemqa", "PokeMQARouter"), "grace": ("grace", "GRACERouter")}
+ROUTERS = tuple(ROUTER_CLASSES)
+# The routers that work through prompts alone, so they also run on a black-box chat model.
+PROMPT_ROUTERS = ("ike", "serac", "mello", "pokemqa")
 
 
 def make_router(name: str, model: LanguageModel, memory: Memory, **options: Any):
     """The router called ``name`` over ``model`` and ``memory``."""
-    if name == "ike":
-        from memedit.retrievers.ike import IKERouter
-        return IKERouter(model, memory, **options)
-    if name == "serac":
-        from memedit.retrievers.serac import SERACRouter
-        return SERACRouter(model, memory, **options)
-    if name == "grace":
-        from memedit.retrievers.grace import GRACERouter
-        return GRACERouter(model, memory, **options)
-    raise ValueError(f"unknown router {name!r}; choose one of: {', '.join(ROUTERS)}")
+    if name not in ROUTER_CLASSES:
+        raise ValueError(f"unknown router {name!r}; choose one of: {', '.join(ROUTERS)}")
+    module, cls = ROUTER_CLASSES[name]
+    return getattr(importlib.import_module(f"memedit.retrievers.{module}"), cls)(model, memory, **options)
 
 
 class EditedModel:
-    """``model`` answering through ``memory`` with a router (``"ike"`` or ``"serac"``, or a
+    """``model`` answering through ``memory`` with a router (a name in ``ROUTERS``, or a
     router object). ``ask`` applies the edits; ``generate`` is the plain model."""
 
     def __init__(self, model: LanguageModel | str | os.PathLike, memory: Memory, router: Any = "ike", **options: Any) -> None:

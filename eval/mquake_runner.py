@@ -1,0 +1,203 @@
+"""Run a router over MQuAKE cases in the k-edited setting, resumably, and explain the failures.
+
+Cases are split into batches of k over the WHOLE data file (as the benchmark does: with
+k = all, the memory holds every case's edits even when only the first ``limit`` cases are
+asked). Each batch gets a fresh memory with all of its edits; each asked case's first
+``questions`` questions go through the router. One JSON line per case is appended to
+``cases.jsonl`` and flushed as soon as the case is done, so a rerun with the same
+settings skips the finished cases (a half-written last line is dropped).
+
+For every case answered wrongly, :func:`classify_failure` names the first thing that went
+wrong along the chain of its first question: ``decomposition`` (the chain stopped early,
+or its sub-question missed the hop although the gold single-hop question would have found
+the edit), ``retrieval`` (not even the gold question finds the edit), ``scope`` (the
+detector saw the right edit among its candidates and rejected it), ``contradiction check``
+(MeLLo: the right edit was retrieved and the model kept its own answer), ``wrong edit``
+(an edit of another fact was applied), ``answer`` (the right edit was applied and the
+hop's answer is still wrong), ``hop answer`` (no edit involved, the model's own answer is
+wrong), ``final answer`` (every hop right, the final line wrong). Routers without a
+chain (IKE) get ``single step``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from memedit.memory import Memory
+
+from .metrics import answer_matches
+from .mquake import MQuAKECase, batches, score_case
+
+FAILURES = ("decomposition", "retrieval", "scope", "contradiction check", "wrong edit", "answer", "hop answer",
+            "final answer", "single step")
+
+
+# Settings that may change between a run and its resumption: asking more cases is fine.
+RESUMABLE = ("command", "limit")
+
+
+class RunMismatch(ValueError):
+    """The output folder holds a run made with other settings."""
+
+
+def read_done(path: Path) -> list[dict[str, Any]]:
+    """The records already in ``cases.jsonl``; a truncated last line is cut off the file."""
+    if not path.exists():
+        return []
+    records, good = [], 0
+    raw = path.read_bytes()
+    for line in raw.splitlines(keepends=True):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+        good += len(line)
+    if good < len(raw):
+        with path.open("r+b") as f:
+            f.truncate(good)
+    return records
+
+
+def check_settings(out: Path, settings: dict[str, Any]) -> None:
+    """Check that the run in ``out`` (if any) has the same settings, then write ``run.json``.
+    Only the command and the number of cases asked may differ."""
+    path = out / "run.json"
+    if path.exists():
+        before = json.loads(path.read_text(encoding="utf-8"))
+        changed = sorted(k for k in set(before) | set(settings) if k not in RESUMABLE and before.get(k) != settings.get(k))
+        if changed:
+            raise RunMismatch(f"{out} holds a run with other settings ({', '.join(f'{k}: {before.get(k)!r} -> {settings.get(k)!r}' for k in changed)}); "
+                              "use another --out folder, or delete that one to start again")
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+
+
+def evaluate_mquake(cases: Sequence[MQuAKECase], make_router: Callable[[Memory], Any], k: int | str, out: str | Path,
+                    limit: int | None = None, questions: int = 1, settings: dict[str, Any] | None = None,
+                    progress: bool = True, open_memory: Callable[[Path], Memory] = Memory) -> dict[str, Any]:
+    """Evaluate on the first ``limit`` of ``cases`` (batches of ``k`` over all of them); write
+    ``run.json``, ``cases.jsonl``, ``summary.json`` and ``report.md`` under ``out``; return the summary."""
+    if questions not in (1, 2, 3):
+        raise ValueError(f"questions must be 1, 2 or 3 (how many of each case's questions to ask), got {questions!r}")
+    out = Path(out)
+    asked = {c.case_id for c in (cases[:limit] if limit is not None else cases)}
+    if not asked:
+        raise ValueError("no cases to evaluate; check the data file and --limit")
+    groups = batches(cases, k)
+    settings = {**(settings or {}), "k": str(k), "limit": limit, "questions": questions, "cases_in_file": len(cases)}
+    check_settings(out, settings)
+    path = out / "cases.jsonl"
+    records = [r for r in read_done(path) if r["case_id"] in asked]
+    done = {r["case_id"] for r in records}
+    bar = _progress(len(asked), len(done), progress)
+    try:
+        with tempfile.TemporaryDirectory() as tmp, path.open("a", encoding="utf-8") as sink:
+            for number, group in enumerate(groups):
+                todo = [c for c in group if c.case_id in asked and c.case_id not in done]
+                if not todo:
+                    continue
+                memory = open_memory(Path(tmp) / f"batch-{number}.db")
+                try:
+                    memory.add_many([e for c in group for e in c.edits])
+                    router = make_router(memory)
+                    for case in todo:
+                        record = run_case(router, memory, case, questions, number, len(group))
+                        sink.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+                        sink.flush()
+                        os.fsync(sink.fileno())
+                        records.append(record)
+                        if bar is not None:
+                            bar.update(1)
+                            bar.set_postfix(acc=f"{100 * sum(r['correct'] for r in records) / len(records):.1f}")
+                finally:
+                    memory.close()
+    finally:
+        if bar is not None:
+            bar.close()
+    summary = summarize_mquake(records)
+    (out / "summary.json").write_text(json.dumps({"meta": settings, "summary": summary}, indent=2) + "\n", encoding="utf-8")
+    (out / "report.md").write_text(render_report(summary, settings), encoding="utf-8")
+    return summary
+
+
+def run_case(router, memory: Memory, case: MQuAKECase, questions: int, batch: int, batch_cases: int) -> dict[str, Any]:
+    """Ask the case's first ``questions`` questions; the scored record with every trace."""
+    started = time.time()
+    asked = []
+    for question in case.questions[:questions]:
+        answer = router.answer(question)
+        chain = next((s["answers"] for s in answer.trace if s["step"] == "chain_answers"), None)
+        asked.append({"question": question, "answer": answer.text, "route": answer.route, "chain": chain,
+                      "edits_used": [e.id for e in answer.edits_used], "trace": answer.trace})
+    scores = score_case(case, [a["answer"] for a in asked], [a["chain"] or [] for a in asked])
+    failure = None if scores["correct"] else classify_failure(case, asked[0]["trace"], memory)
+    return {"case_id": case.case_id, "batch": batch, "batch_cases": batch_cases, **scores, "failure": failure,
+            "new_answer": case.new_answers[0], "old_answer": case.old_answers[0] if case.old_answers else None,
+            "seconds": round(time.time() - started, 2), "questions": asked}
+
+
+def classify_failure(case: MQuAKECase, trace: list[dict[str, Any]], memory: Memory) -> str:
+    """The first thing that went wrong along the chain (see the module's docstring)."""
+    hops = [s for s in trace if s["step"] == "hop"]
+    if not any(s["step"] == "chain" for s in trace):
+        return "single step"
+    edit_index = case.edit_for_hop()
+    for i, gold in enumerate(case.new_hops):
+        if i >= len(hops):
+            return "decomposition"
+        hop = hops[i]
+        if answer_matches(hop["answer"], gold.answers):
+            continue
+        expected = case.edits[edit_index[i]].statement if edit_index[i] is not None else None
+        used = (hop.get("edit") or {}).get("statement")
+        applied = bool(hop.get("contradicts") or hop.get("in_scope"))
+        if expected is None:
+            return "wrong edit" if applied else "hop answer"
+        if used == expected:
+            return ("answer" if applied else "contradiction check") if "contradicts" in hop else ("answer" if applied else "scope")
+        if any(c.get("statement") == expected for c in hop.get("candidates", [])):
+            return "scope"
+        if applied:
+            return "wrong edit"
+        found = memory.search(gold.question, k=1)
+        return "decomposition" if found and found[0].edit.statement == expected else "retrieval"
+    return "final answer"
+
+
+def summarize_mquake(records: list[dict[str, Any]]) -> dict[str, Any]:
+    n = len(records)
+    pct = (lambda key: round(100 * sum(bool(r[key]) for r in records) / n, 2)) if n else (lambda key: None)
+    failures = Counter(r["failure"] for r in records if r["failure"])
+    return {"cases": n, "accuracy": pct("correct"), "hop_accuracy": pct("hop_correct"), "old_answer": pct("old"),
+            "failures": dict(failures.most_common()),
+            "seconds_per_case": round(sum(r["seconds"] for r in records) / n, 2) if n else None}
+
+
+def render_report(summary: dict[str, Any], settings: dict[str, Any]) -> str:
+    lines = [f"# MQuAKE: {settings.get('router', '?')} on {settings.get('model', '?')}", "",
+             f"- data: `{settings.get('data', '?')}` ({settings['cases_in_file']} cases in the file)",
+             f"- k = {settings['k']}: batches of k consecutive cases over the whole file; the memory holds all edits of a batch",
+             f"- asked: the first {summary['cases']} cases, {settings['questions']} question(s) each; a case counts if any is "
+             "answered with the new answer or an alias",
+             f"- loop limit: {settings.get('max_hops', '–')} hops",
+             f"- command: `{settings.get('command', '–')}`", "",
+             "| cases | multi-hop accuracy | hop-wise accuracy | still the old answer | s/case |", "|---|---|---|---|---|",
+             f"| {summary['cases']} | {summary['accuracy']} | {summary['hop_accuracy']} | {summary['old_answer']} | {summary['seconds_per_case']} |",
+             "", "What failed first (cases answered wrongly, counted from the traces):", ""]
+    lines += [f"- {name}: {count}" for name, count in summary["failures"].items()] or ["- nothing"]
+    return "\n".join(lines) + "\n"
+
+
+def _progress(total: int, done: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=done, desc="cases", unit="case", file=sys.stderr)
