@@ -165,8 +165,10 @@ class ChainRouter(Router):
             chain.hops.append(hop)
             trace.append({"step": "hop", **hop})
             if hop.get("refuse"):
-                return Plan("erase", text=self.refusal, edits_used=chain.edits_used, trace=trace)
+                trace.append({"step": "refuse", "edit": chain.edits_used[-1].id, "text": self.refusal})
+                return Plan("erase", text=self.refusal, edits_used=chain.edits_used[-1:], trace=trace)
         trace.append({"step": "chain_answers", "answers": chain.answers})
+        trace.append({"step": "transcript", "text": chain.body})
         return Plan(self.name, text=chain.final, edits_used=chain.edits_used, trace=trace)
 
     def start(self, question: str) -> str:
