@@ -7,7 +7,9 @@ Install with ``pip install "memedit[langchain]"``. Four pieces:
 - :func:`memory_tools`: tools an agent calls to remember, forget, retract and search
   facts. Bad input and memedit errors come back to the agent as text, never as exceptions.
 - :class:`MemoryChatModel`: wraps ANY LangChain chat model so that its answers go through a
-  memedit router (IKE or SERAC: the routers that work through prompts alone). Out of scope,
+  memedit router (IKE, SERAC, MeLLo or PokeMQA: the routers that work through prompts
+  alone; the multi-hop ones call the wrapped model once per step and reply with the final
+  answer). Out of scope,
   the wrapped model receives the caller's messages untouched; in scope, it receives the
   router's prompt with the edits quoted as data. Streaming and batching are the wrapped
   model's own.
@@ -30,7 +32,7 @@ from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool, ToolException
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr
 
-from memedit.edited_model import make_router
+from memedit.edited_model import PROMPT_ROUTERS, make_router
 from memedit.errors import MemeditError
 from memedit.memory import Hit, Memory
 from memedit.models import DEFAULT_MAX_NEW_TOKENS, Prompt, VisibleText, as_prompt
@@ -76,7 +78,7 @@ def split_conversation(messages: Sequence[BaseMessage]) -> tuple[str | None, lis
 class LangChainBackend:
     """A LangChain chat model behind memedit's model interface (``chat``, ``generate``,
     ``stream``, ``generate_batch``): a black box, so the routers that work through prompts
-    alone (IKE, SERAC) run on it. ``max_new_tokens`` is not passed on; ``stop`` cuts the text."""
+    alone (IKE, SERAC, MeLLo, PokeMQA) run on it. ``max_new_tokens`` is not passed on; ``stop`` cuts the text."""
 
     has_chat_template = True
 
@@ -192,6 +194,8 @@ class MemoryChatModel(BaseChatModel):
     _router: Any = PrivateAttr(default=None)
 
     def model_post_init(self, context: Any) -> None:
+        if self.router not in PROMPT_ROUTERS:
+            raise ValueError(f"router must be one that works through prompts alone: {', '.join(PROMPT_ROUTERS)}; got {self.router!r}")
         options = {"system": self.system, "stop": (), **self.router_options}
         self._router = make_router(self.router, LangChainBackend(self.chat_model), self.memory, **options)
 

@@ -232,6 +232,25 @@ def test_chat_model_passes_through_tool_turns(facts_memory):
     assert reply.response_metadata["memedit"]["route"] == "base" and recorder.calls == [messages]
 
 
+def test_multi_hop_router_runs_on_a_chat_model(facts_memory):
+    """PokeMQA through MemoryChatModel: the wrapped model writes each step; the detector, not
+    the model, decides that the sub-question hits Alice's edit, which is quoted into the next call."""
+    from memedit.retrievers.scope import EmbeddingScope
+
+    recorder = Recorder()
+    steps = ["Sub-question: Who is Alice's manager?", "Bob", "Final answer: Bob"]
+    detector = EmbeddingScope(facts_memory.embedder, threshold=0.7)
+    wrapped = MemoryChatModel(chat_model=FakeListChatModel(responses=steps, callbacks=[recorder]), memory=facts_memory,
+                              router="pokemqa", router_options={"detector": detector})
+    reply = wrapped.invoke("Who manages Alice?")
+    meta = reply.response_metadata["memedit"]
+    alice = facts_memory.list(subject="Alice")[0]
+    assert reply.content == "Bob" and meta["route"] == "pokemqa" and meta["edits_used"] == [alice.id]
+    assert len(recorder.calls) == 3 and 'Memory fact: "Alice\'s manager is Bob."\nAnswer:' in recorder.calls[1][-1].content
+    with pytest.raises(ValueError, match="router must be one that works through prompts alone"):
+        MemoryChatModel(chat_model=ParrotFakeChatModel(), memory=facts_memory, router="grace")
+
+
 def test_black_box_backend_runs_a_chat_session(facts_memory):
     """ChatSession and the routers work on any LangChain chat model, through LangChainBackend."""
     recorder = Recorder()
