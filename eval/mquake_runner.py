@@ -14,7 +14,8 @@ the edit), ``retrieval`` (not even the gold question finds the edit), ``scope`` 
 detector saw the right edit among its candidates and rejected it), ``contradiction check``
 (MeLLo: the right edit was retrieved and the model kept its own answer), ``wrong edit``
 (an edit of another fact was applied), ``answer`` (the right edit was applied and the
-hop's answer is still wrong), ``hop answer`` (no edit involved, the model's own answer is
+hop's answer is still wrong: the model did not take the fact's answer, or its
+sub-question asked something else about the same entity, which cosine cannot tell apart), ``hop answer`` (no edit involved, the model's own answer is
 wrong), ``final answer`` (every hop right, the final line wrong). Routers without a
 chain (IKE) get ``single step``.
 """
