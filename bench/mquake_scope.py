@@ -2,8 +2,8 @@
 
 Run it from the repository root (no language model is loaded; about 2 min on 2 cores):
 
-    python bench/mquake_scope.py                 # the cross-encoder bench/scope.py trains
-    python bench/mquake_scope.py --k 1 all       # the memory per case alone, and all edits
+    python bench/mquake_scope.py                 # both detectors, both first-stage cuts, k = 1 and all
+    python bench/mquake_scope.py --detector cross-encoder --first-threshold 0.701 --k all
 
 For each k, the memory holds the edits of each batch of k cases (k = all: all 1,716 edits
 of the file). The detector (``PokeMQARouter.detect``: MiniLM cosine >= ``first_threshold``,
@@ -36,7 +36,7 @@ from memedit import Memory
 from memedit.embeddings import get_embedder
 from memedit.eval.mquake import batches, load_mquake
 from memedit.retrievers.pokemqa import PokeMQARouter
-from memedit.retrievers.serac import load_scope
+from memedit.retrievers.serac import EMBEDDING_THRESHOLD, load_scope
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mquake-hard" / "MQuAKE-hard.json"
 
@@ -79,7 +79,8 @@ def main(argv=None) -> int:
     parser.add_argument("--data", default=str(DATA))
     parser.add_argument("--k", nargs="+", default=["1", "all"])
     parser.add_argument("--detector", nargs="+", default=["cross-encoder", "embedding"])
-    parser.add_argument("--first-threshold", type=float, default=0.4)
+    parser.add_argument("--first-threshold", type=float, nargs="+", default=[EMBEDDING_THRESHOLD, 0.4],
+                        help="first-stage cosine cuts to measure (default: the KnowEdit-calibrated 0.701, and 0.4)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--results", default=str(Path(__file__).parent / "results" / "mquake_scope.json"))
     args = parser.parse_args(argv)
@@ -90,16 +91,17 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.detector:
             detector = load_scope(name, embedder=get_embedder())
-            for k in args.k:
-                started = time.time()
-                row = {"detector": name, "threshold": detector.threshold, "first_threshold": args.first_threshold,
-                       **measure(cases, k, detector, args.first_threshold, Path(tmp)), "seconds": None}
-                row["seconds"] = round(time.time() - started, 1)
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-    print("\n| detector | k | recall | wrong edit | missed | false-hit rate | s |\n|---|---|---|---|---|---|---|")
+            for first in args.first_threshold:
+                for k in args.k:
+                    started = time.time()
+                    row = {"detector": name, "threshold": detector.threshold, "first_threshold": first,
+                           **measure(cases, k, detector, first, Path(tmp)), "seconds": None}
+                    row["seconds"] = round(time.time() - started, 1)
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+    print("\n| detector | first-stage cosine | k | recall | wrong edit | missed | false-hit rate | s |\n|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['detector']} | {r['k']} | {100 * r['recall']:.1f} | {100 * r['wrong_edit']:.1f} | {100 * r['missed']:.1f} "
+        print(f"| {r['detector']} | {r['first_threshold']} | {r['k']} | {100 * r['recall']:.1f} | {100 * r['wrong_edit']:.1f} | {100 * r['missed']:.1f} "
               f"| {100 * r['false_hit_rate']:.1f} | {r['seconds']} |")
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results).write_text(json.dumps({"data": args.data, "rows": rows}, indent=2) + "\n", encoding="utf-8")

@@ -45,6 +45,7 @@ def add_eval_parser(commands: Any) -> None:
     mq.add_argument("--max-hops", type=int, default=5, help="loop limit of MeLLo and PokeMQA (default 5)")
     mq.add_argument("--detector", choices=["cross-encoder", "embedding"], default="cross-encoder",
                     help="PokeMQA's second-stage scope detector (default: the cross-encoder bench/scope.py trains)")
+    mq.add_argument("--first-threshold", type=float, help="PokeMQA's first-stage cosine cut (default: the router's, 0.701)")
     mq.add_argument("--out", required=True, help="folder: one sub-folder per router and k, plus the plot and a table")
     mq.add_argument("--threads", type=int, help="CPU threads for the model")
     mq.add_argument("--no-progress", action="store_true")
@@ -82,11 +83,14 @@ def cmd_mquake(args: argparse.Namespace) -> int:
         from memedit.embeddings import get_embedder
         from memedit.retrievers.serac import load_scope
         options["detector"] = load_scope(args.detector, embedder=get_embedder())
+        if args.first_threshold is not None:
+            options["first_threshold"] = args.first_threshold
     root = Path(args.out)
     for k in args.k:
         settings = {"benchmark": "mquake", "data": args.data, "router": args.router, "model": args.model,
                     "max_hops": args.max_hops if args.router != "ike" else None,
                     "detector": args.detector if args.router == "pokemqa" else None,
+                    "first_threshold": _first_threshold(args) if args.router == "pokemqa" else None,
                     "command": "memedit " + " ".join(shlex.quote(a) for a in sys.argv[1:])}
         out = root / f"{args.router}-{Path(args.model).name}-k{k}"
         print(f"{args.router}, k={k} -> {out}", file=sys.stderr)
@@ -98,6 +102,12 @@ def cmd_mquake(args: argparse.Namespace) -> int:
     (root / "summary.md").write_text(mquake_table(summaries), encoding="utf-8")
     print(f"plot: {plot}\ntable: {root / 'summary.md'}")
     return 0
+
+
+def _first_threshold(args: argparse.Namespace) -> float:
+    from memedit.retrievers.serac import EMBEDDING_THRESHOLD
+
+    return args.first_threshold if args.first_threshold is not None else EMBEDDING_THRESHOLD
 
 
 def mquake_table(summaries: list[dict[str, Any]]) -> str:
