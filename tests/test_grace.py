@@ -169,3 +169,14 @@ def test_the_wrapped_layer_is_found_and_checked(lm, memory):
     assert len(find_blocks(lm.model)) == lm.model.config.num_hidden_layers
     with pytest.raises(ValueError, match="layer must be from 0 to"):
         GRACERouter(lm, memory, layer=999)
+
+
+def test_a_superseded_edit_leaves_the_codebook_and_the_newer_one_answers(lm, memory):
+    router = GRACERouter(lm, memory, autosave=False)
+    tokyo = memory.add(subject="Tokyo", prompt="{} is the capital of", target="Canada")
+    old = memory.add(**FAMILY)
+    newer = memory.add(**{**FAMILY, "target": "Geometridae"})  # same subject and relation: supersedes
+    answer = router.answer(QUESTION)
+    assert newer.supersedes == old.id
+    assert [e.edit_ids for e in router.entries] == [[tokyo.id], [newer.id]]
+    assert "geometridae" in answer.text.lower() and [e.id for e in answer.edits_used] == [newer.id]
