@@ -79,14 +79,20 @@ class GraceSettings:
     normalize: bool = True
 
 
+def _attribute(model: torch.nn.Module, path: str) -> Any:
+    """``model.a.b.c`` for ``path="a.b.c"``, or None where a part is missing."""
+    obj: Any = model
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
 def find_blocks(model: torch.nn.Module) -> Sequence[torch.nn.Module]:
     """The decoder blocks of a Hugging Face causal LM, each with an ``mlp``."""
     for path in ("model.layers", "model.language_model.layers", "language_model.model.layers", "transformer.h", "model.decoder.layers"):
-        obj: Any = model
-        for part in path.split("."):
-            obj = getattr(obj, part, None)
-            if obj is None:
-                break
+        obj = _attribute(model, path)
         if obj is not None and len(obj) and hasattr(obj[0], "mlp"):
             return obj
     raise ValueError(f"cannot find the decoder blocks of {type(model).__name__}: GRACE needs blocks with an .mlp "
@@ -528,11 +534,7 @@ class GRACERouter(Router):
 def _final_norm(model: torch.nn.Module, blocks) -> torch.nn.Module | None:
     """The norm applied after the last block (``model.model.norm`` in the usual layouts), or None."""
     for path in ("model.norm", "model.language_model.norm", "language_model.model.norm", "transformer.ln_f", "model.decoder.final_layer_norm"):
-        obj: Any = model
-        for part in path.split("."):
-            obj = getattr(obj, part, None)
-            if obj is None:
-                break
+        obj = _attribute(model, path)
         if isinstance(obj, torch.nn.Module):
             return obj
     return None
