@@ -45,7 +45,7 @@ def add_eval_parser(commands: Any) -> None:
     mq.add_argument("--max-hops", type=int, default=5, help="loop limit of MeLLo and PokeMQA (default 5)")
     mq.add_argument("--detector", choices=["cross-encoder", "embedding"], default="cross-encoder",
                     help="PokeMQA's second-stage scope detector (default: the cross-encoder bench/scope.py trains)")
-    mq.add_argument("--first-threshold", type=float, help="PokeMQA's first-stage cosine cut (default: the router's, 0.701)")
+    mq.add_argument("--first-threshold", type=float, help="PokeMQA's first-stage cosine cut (default: the router's, 0.4)")
     mq.add_argument("--out", required=True, help="folder: one sub-folder per router and k, plus the plot and a table")
     mq.add_argument("--threads", type=int, help="CPU threads for the model")
     mq.add_argument("--no-progress", action="store_true")
@@ -105,9 +105,9 @@ def cmd_mquake(args: argparse.Namespace) -> int:
 
 
 def _first_threshold(args: argparse.Namespace) -> float:
-    from memedit.retrievers.serac import EMBEDDING_THRESHOLD
+    from memedit.retrievers.pokemqa import FIRST_THRESHOLD
 
-    return args.first_threshold if args.first_threshold is not None else EMBEDDING_THRESHOLD
+    return args.first_threshold if args.first_threshold is not None else FIRST_THRESHOLD
 
 
 def mquake_table(summaries: list[dict[str, Any]]) -> str:
