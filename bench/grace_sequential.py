@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent / "shared" / "data" / "knowedit" / "ZsRE" / "ZsRE-test-all.json"
+DATA = Path(os.environ.get("MEMEDIT_DATA", "/work/shared/data")) / "knowedit" / "ZsRE" / "ZsRE-test-all.json"
 OUT = ROOT / "bench" / "results" / "grace_sequential.json"
 CALIBRATION_CASES = (1100, 1300)
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -38,7 +39,7 @@ from memedit.eval.mquake import batches, load_mquake
 from memedit.retrievers.pokemqa import PokeMQARouter
 from memedit.retrievers.serac import EMBEDDING_THRESHOLD, load_scope
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mquake-hard" / "MQuAKE-hard.json"
+DATA = Path(os.environ.get("MEMEDIT_DATA", "/work/shared/data")) / "mquake-hard" / "MQuAKE-hard.json"
 
 
 def measure(cases, k, detector, first_threshold: float, folder: Path) -> dict:

@@ -4,6 +4,7 @@ and the MeLLo and PokeMQA chains on SmolLM2 (mechanics, not accuracy)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from memedit.retrievers.mello import MeLLoRouter
 from memedit.retrievers.pokemqa import PokeMQARouter
 from memedit.retrievers.scope import EmbeddingScope
 
-HARD = Path(__file__).resolve().parents[2] / "shared" / "data" / "mquake-hard" / "MQuAKE-hard.json"
+HARD = Path(os.environ.get("MEMEDIT_DATA", "/work/shared/data")) / "mquake-hard" / "MQuAKE-hard.json"
 
 
 @pytest.fixture(scope="module")
