@@ -19,6 +19,8 @@ def add_eval_parser(commands: Any) -> None:
                             description="Every probe goes through retrieval and the router's scope check, with all "
                                         "edits of the batch in a fresh memory.")
     kn.add_argument("--data", required=True, help="KnowEdit .json file, or a .jsonl of edits with probes")
+    kn.add_argument("--dataset", choices=["zsre", "wiki_counterfact"],
+                    help="the KnowEdit data set, when the file name does not say (default: from the name)")
     kn.add_argument("--router", choices=["ike", "serac"], default="serac")
     kn.add_argument("--model", default="smollm2-135m", help="packaged name (smollm2-135m, qwen2.5-1.5b) or a local path")
     kn.add_argument("--limit", type=int, help="evaluate only the first N cases")
@@ -132,7 +134,7 @@ def cmd_knowedit(args: argparse.Namespace) -> int:
     if args.data.endswith(".jsonl"):
         cases, dataset = load_probe_jsonl(args.data, limit=args.limit), "jsonl"
     else:
-        dataset = detect_dataset(args.data)
+        dataset = args.dataset or detect_dataset(args.data)
         cases = load_knowedit(args.data, limit=args.limit, dataset=dataset)
     model = load_model(args.model)
     scope = None

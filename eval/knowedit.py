@@ -68,7 +68,8 @@ def detect_dataset(path: str | Path) -> str:
         return "zsre"
     if "counterfact" in name or Path(path).name.casefold().endswith("_cf.json"):
         return "wiki_counterfact"
-    raise DataError(path, "cannot tell the KnowEdit data set from the file name; pass dataset='zsre' or dataset='wiki_counterfact'")
+    raise DataError(path, "cannot tell the KnowEdit data set from the file name; pass dataset='zsre' or dataset='wiki_counterfact' "
+                          "(on the command line: --dataset zsre or --dataset wiki_counterfact)")
 
 
 def load_knowedit(path: str | Path, limit: int | None = None, *, dataset: str | None = None) -> list[Case]:

@@ -78,3 +78,20 @@ def test_the_cli_writes_json_cases_and_a_markdown_table(lm, probe_file, tmp_path
 def test_cli_eval_errors_name_the_problem(tmp_path, capsys):
     assert main(["eval", "knowedit", "--data", str(tmp_path / "none.json"), "--out", str(tmp_path / "o")]) == 1
     assert "none.json" in capsys.readouterr().err
+
+
+def test_cli_dataset_flag_names_a_file_whose_name_does_not(lm, tmp_path, capsys):
+    import os
+    from pathlib import Path
+
+    source = Path(os.environ.get("MEMEDIT_DATA", "/work/shared/data")) / "knowedit" / "ZsRE" / "ZsRE-test-all.json"
+    records = json.loads(source.read_text(encoding="utf-8"))[:1]
+    neutral = tmp_path / "edits.json"
+    neutral.write_text(json.dumps(records), encoding="utf-8")
+    args = ["eval", "knowedit", "--data", str(neutral), "--router", "serac", "--limit", "1", "--scoring", "exact_match",
+            "--out", str(tmp_path / "out"), "--no-progress"]
+    assert main(args) == 1
+    assert "--dataset zsre or --dataset wiki_counterfact" in capsys.readouterr().err
+    assert main(args + ["--dataset", "zsre"]) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["meta"]["dataset"] == "zsre" and summary["meta"]["cases"] == 1
