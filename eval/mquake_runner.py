@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -35,6 +34,7 @@ from memedit.memory import Memory
 
 from .metrics import answer_matches
 from .mquake import MQuAKECase, batches, score_case
+from .runner import progress_bar
 
 FAILURES = ("decomposition", "retrieval", "scope", "contradiction check", "wrong edit", "answer", "hop answer",
             "final answer", "single step")
@@ -97,7 +97,7 @@ def evaluate_mquake(cases: Sequence[MQuAKECase], make_router: Callable[[Memory],
     path = out / "cases.jsonl"
     records = [r for r in read_done(path) if r["case_id"] in asked]
     done = {r["case_id"] for r in records}
-    bar = _progress(len(asked), len(done), progress)
+    bar = progress_bar(len(asked), progress, initial=len(done))
     try:
         with tempfile.TemporaryDirectory() as tmp, path.open("a", encoding="utf-8") as sink:
             for number, group in enumerate(groups):
@@ -194,11 +194,3 @@ def render_report(summary: dict[str, Any], settings: dict[str, Any]) -> str:
              "", "What failed first (cases answered wrongly, counted from the traces):", ""]
     lines += [f"- {name}: {count}" for name, count in summary["failures"].items()] or ["- nothing"]
     return "\n".join(lines) + "\n"
-
-
-def _progress(total: int, done: int, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=done, desc="cases", unit="case", file=sys.stderr)

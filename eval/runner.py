@@ -100,7 +100,7 @@ def evaluate(cases: list[Case], make_router: Callable[[Memory], Any], scorings: 
         raise ValueError("no cases to evaluate; check the data file and --limit")
     size = batch_size or len(cases)
     rows: list[dict[str, Any]] = []
-    bar = _progress(len(cases), progress)
+    bar = progress_bar(len(cases), progress)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         memory = Memory(Path(tmp) / "eval.db")
         try:
@@ -143,9 +143,10 @@ def _running(rows: list[dict[str, Any]], scoring: str) -> dict[str, str]:
     return out
 
 
-def _progress(total: int, enabled: bool):
+def progress_bar(total: int, enabled: bool, initial: int = 0):
+    """A tqdm bar over cases on stderr (``initial`` already done), or None when disabled."""
     if not enabled:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, desc="cases", unit="case", file=sys.stderr)
+    return tqdm(total=total, initial=initial, desc="cases", unit="case", file=sys.stderr)
