@@ -189,7 +189,7 @@ def calibrate(model, cases) -> None:
     import torch
 
     from memedit.retrievers.base import ANSWER_SYSTEM
-    from memedit.retrievers.grace import find_blocks
+    from memedit.layout import find_blocks
 
     blocks = find_blocks(model.model)
     captured: dict[int, torch.Tensor] = {}

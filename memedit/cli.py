@@ -1,5 +1,5 @@
 """The ``memedit`` command line: add, import, list, search, history, retract, export, stats,
-ask and chat (a model answering through the memory), eval."""
+ask and chat (a model answering through the memory), consolidate (into the weights), eval."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any, Sequence
 from .edit import Edit
 from .errors import ImportFailed, MemeditError
 from .memory import DEFAULT_DB, DEFAULT_NAMESPACE, Memory
+from .param_editors.cli import cmd_consolidate
 from .store import STATUSES, Event, StoredEdit
 
 
@@ -87,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--router", choices=["ike", "serac"], default="serac", help="default: serac")
         sub.add_argument("--max-new-tokens", type=int, default=24 if name == "ask" else 96,
                          help="answer length bound (default: 24 for ask, 96 for chat)")
+
+    from memedit.param_editors.cli import add_consolidate_parser
+    add_consolidate_parser(commands, common)
 
     from memedit.eval.cli import add_eval_parser
     add_eval_parser(commands)
@@ -242,7 +246,7 @@ def cmd_chat(memory: Memory, args: argparse.Namespace) -> int:
 
 COMMANDS = {"add": cmd_add, "import": cmd_import, "list": cmd_list, "search": cmd_search,
             "history": cmd_history, "retract": cmd_retract, "export": cmd_export, "stats": cmd_stats,
-            "ask": cmd_ask, "chat": cmd_chat}
+            "ask": cmd_ask, "chat": cmd_chat, "consolidate": cmd_consolidate}
 
 
 # -- output ---------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import warnings
 from typing import Any, Sequence
 
 from .memory import Memory
@@ -25,6 +26,19 @@ def make_router(name: str, model: LanguageModel, memory: Memory, **options: Any)
     return getattr(importlib.import_module(f"memedit.retrievers.{module}"), cls)(model, memory, **options)
 
 
+def _carry_consolidated(model: Any, memory: Memory) -> None:
+    """Apply the memory's consolidation batches to a local model; warn for a black box,
+    which cannot carry them (those edits are then neither in its weights nor retrieved)."""
+    if not memory.weight_batches():
+        return
+    if hasattr(model, "model") and hasattr(model, "tokenizer"):
+        memory.apply_consolidated(model)
+    else:
+        warnings.warn(f"namespace {memory.namespace!r} has edits consolidated into a local model's weights; "
+                      f"{type(model).__name__} cannot carry them, so those edits will not be applied "
+                      f"(revert the batches to put them back on the retrieval path)", stacklevel=3)
+
+
 class EditedModel:
     """``model`` answering through ``memory`` with a router (a name in ``ROUTERS``, or a
     router object). ``ask`` applies the edits; ``generate`` is the plain model."""
@@ -32,6 +46,7 @@ class EditedModel:
     def __init__(self, model: LanguageModel | str | os.PathLike, memory: Memory, router: Any = "ike", **options: Any) -> None:
         self.model = load_model(model) if isinstance(model, (str, os.PathLike)) else model
         self.memory = memory
+        _carry_consolidated(self.model, memory)
         self.router = make_router(router, self.model, memory, **options) if isinstance(router, str) else router
 
     def ask(self, question: str, history: Sequence[dict[str, str]] = ()):

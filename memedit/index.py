@@ -35,9 +35,10 @@ HNSW_THRESHOLD = 20_000
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 128
-# Event actions that put an edit on the retrieval path, and those that take it off.
-ADDS = {"add", "restore"}
-REMOVES = {"retract", "supersede"}
+# Event actions that put an edit on the retrieval path, and those that take it off
+# (an edit written into the weights leaves the path; reverting its batch puts it back).
+ADDS = {"add", "restore", "revert"}
+REMOVES = {"retract", "supersede", "consolidate"}
 
 MISSING = "the index file is missing"
 

@@ -210,6 +210,10 @@ class Memory:
         row = store.row(ns, edit_id)
         if row["status"] == "retracted":
             raise ConflictError(f"edit {edit_id!r} in namespace {ns!r} is already retracted")
+        if row["status"] == "consolidated":
+            batch = store.consolidated_batch(ns, edit_id)
+            raise ConflictError(f"edit {edit_id!r} in namespace {ns!r} is written into the model's weights (batch {batch!r}); "
+                                f"revert that batch first (memory.revert({batch!r}) or memedit consolidate --revert {batch}), then retract it")
         store.set_status(row["rid"], "retracted", row["superseded_by"])
         store.log(ns, edit_id, row["rid"], "retract", reason=reason, was=row["status"])
         if row["status"] != "active" or row["supersedes"] is None:
@@ -274,6 +278,38 @@ class Memory:
         out["embedder"] = self._shared.embedder_name
         return out
 
+    # -- consolidation into a model's weights ------------------------------------
+
+    def consolidate(self, model, method: str = "memit", edits: Iterable[Any] | None = None, verify: bool = True,
+                    **options: Any):
+        """Write active triple edits (all, or the given ids) into ``model``'s weights with MEMIT
+        or ROME, verify them, and journal the batch; returns a ``ConsolidationReport``.
+        Edits that took leave the retrieval path; the rest stay on it. See
+        ``memedit.param_editors.consolidate`` for the options."""
+        from .param_editors.consolidate import consolidate
+
+        return consolidate(self, model, method=method, edits=edits, verify=verify, **options)
+
+    def revert(self, batch: str, model=None) -> list[str]:
+        """Take consolidation ``batch`` out of force: its edits return to the retrieval path and
+        ``model`` (if given) loses its delta, bit for bit. Returns the edit ids."""
+        from .param_editors.consolidate import revert
+
+        return revert(self, batch, model)
+
+    def apply_consolidated(self, model) -> list[str]:
+        """Make ``model`` (a freshly loaded base model) carry this namespace's consolidation
+        batches; returns their ids. ``EditedModel`` calls this for you."""
+        from .param_editors.deltas import WeightJournal
+
+        with self._shared.lock:
+            return WeightJournal.attach(model, self).sync()
+
+    @_locked
+    def weight_batches(self) -> list[dict[str, Any]]:
+        """The consolidation batches in force in this namespace, oldest first."""
+        return self._store.weight_batches(self.namespace)
+
     # -- JSONL --------------------------------------------------------------------
 
     @_locked
@@ -302,7 +338,8 @@ class Memory:
         Every line is checked first; if any is bad, nothing is imported and ``ImportFailed``
         lists each bad line and why. Lines keep their ``id`` and ``created_at``; their
         ``namespace`` is ignored (edits go into this memory's namespace); a ``status`` of
-        ``retracted`` is kept.
+        ``retracted`` is kept; a ``consolidated`` edit comes in active, since the file does
+        not carry the weights it was written into.
         """
         name = str(source) if isinstance(source, (str, Path)) else getattr(source, "name", "<input>")
         if isinstance(source, (str, Path)):
@@ -333,8 +370,8 @@ class Memory:
                 status = record.pop("status", "active")
                 record.pop("superseded_by", None)
                 record.pop("namespace", None)
-                if status not in ("active", "superseded", "retracted"):
-                    raise EditError("status", f"must be active, superseded or retracted; got {status!r}")
+                if status not in STATUSES:
+                    raise EditError("status", f"must be one of {', '.join(STATUSES)}; got {status!r}")
                 edit = self._prepare(Edit.from_dict(record))
             except json.JSONDecodeError as err:
                 errors.append((number, f"not valid JSON ({err.msg} at column {err.colno})"))

@@ -64,6 +64,12 @@ class LanguageModel:
         self._prefixes: OrderedDict[str, tuple[list[int], object]] = OrderedDict()
         self._lock = threading.RLock()
 
+    def weights_changed(self) -> None:
+        """Drop what was computed with the old weights (the prefix key/value caches); call
+        after writing into the model's parameters."""
+        with self._lock:
+            self._prefixes.clear()
+
     # -- prompt text -------------------------------------------------------------------
     @property
     def has_chat_template(self) -> bool:

@@ -19,14 +19,13 @@ from sqlite_utils import Database
 from .edit import Edit, utc_now
 from .errors import ConflictError, EditNotFound, StoreOpenError
 
-SCHEMA_VERSION = 1
-STATUSES = ("active", "superseded", "retracted")
+SCHEMA_VERSION = 2  # 2: edits may be "consolidated" (written into a model's weights)
+STATUSES = ("active", "superseded", "retracted", "consolidated")
 EDIT_COLUMNS = ("id", "namespace", "kind", "subject", "relation", "target", "old_target", "prompt",
                 "statement", "aliases", "source", "supersedes", "created_at")
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS edits (
+EDITS_TABLE = """
+CREATE TABLE IF NOT EXISTS {name} (
     rid INTEGER PRIMARY KEY,
     namespace TEXT NOT NULL,
     id TEXT NOT NULL,
@@ -37,13 +36,20 @@ CREATE TABLE IF NOT EXISTS edits (
     source TEXT, supersedes TEXT,
     created_at TEXT NOT NULL,
     key TEXT,
-    status TEXT NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'superseded', 'retracted')),
+    status TEXT NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'superseded', 'retracted', 'consolidated')),
     superseded_by TEXT,
     UNIQUE (namespace, id)
 );
-CREATE INDEX IF NOT EXISTS edits_by_key ON edits (namespace, key, status);
-CREATE INDEX IF NOT EXISTS edits_by_status ON edits (namespace, status);
-CREATE TABLE IF NOT EXISTS events (
+"""
+
+EDIT_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS edits_by_key ON edits (namespace, key, status);",
+    "CREATE INDEX IF NOT EXISTS edits_by_status ON edits (namespace, status);",
+)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+{edits_table}{edit_indexes}CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     namespace TEXT NOT NULL,
     edit_id TEXT,
@@ -69,7 +75,7 @@ CREATE TABLE IF NOT EXISTS artifacts (
     saved_at TEXT NOT NULL,
     PRIMARY KEY (namespace, name)
 );
-"""
+""".replace("{edits_table}", EDITS_TABLE.format(name="edits")).replace("{edit_indexes}", "\n".join(EDIT_INDEXES) + "\n")
 
 
 @dataclass(frozen=True)
@@ -131,6 +137,24 @@ class Store:
                 self.conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             elif int(version[0]) > SCHEMA_VERSION:
                 raise ConflictError(f"{path} was written by a newer memedit (schema {version[0]}); upgrade memedit to open it")
+        if version is not None and int(version[0]) < 2:
+            self._migrate_to_2()
+
+    def _migrate_to_2(self) -> None:
+        """Rebuild the edits table so its status check allows "consolidated" (SQLite cannot alter
+        a CHECK in place). One transaction: a crash leaves the version 1 table untouched."""
+        self.conn.execute("PRAGMA foreign_keys = OFF")
+        try:
+            with self.write():
+                self.conn.execute(EDITS_TABLE.format(name="edits_v2"))
+                self.conn.execute("INSERT INTO edits_v2 SELECT * FROM edits")
+                self.conn.execute("DROP TABLE edits")
+                self.conn.execute("ALTER TABLE edits_v2 RENAME TO edits")
+                for sql in EDIT_INDEXES:
+                    self.conn.execute(sql)
+                self.conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+        finally:
+            self.conn.execute("PRAGMA foreign_keys = ON")
 
     def close(self) -> None:
         self.conn.close()
@@ -275,6 +299,28 @@ class Store:
             rows = self._rows("SELECT * FROM events WHERE namespace = ? AND edit_id = ? ORDER BY seq LIMIT ?",
                               (namespace, edit_id, -1 if limit is None else limit))
         return [Event(r["seq"], r["namespace"], r["edit_id"], r["action"], r["at"], json.loads(r["detail"])) for r in rows]
+
+    def consolidated_batch(self, namespace: str, edit_id: str) -> str | None:
+        """The batch that last wrote this edit into the weights (None if none did)."""
+        row = self.conn.execute(
+            "SELECT json_extract(detail, '$.batch') FROM events WHERE namespace = ? AND edit_id = ? AND action = 'consolidate' "
+            "ORDER BY seq DESC LIMIT 1", (namespace, edit_id)).fetchone()
+        return None if row is None else row[0]
+
+    def weight_batches(self, namespace: str) -> list[dict[str, Any]]:
+        """The namespace's consolidation batches still in force, oldest first: the detail of each
+        batch-level ``consolidate`` event (edit_id NULL) not followed by a ``revert`` of it."""
+        rows = self.conn.execute(
+            "SELECT seq, action, detail FROM events WHERE namespace = ? AND edit_id IS NULL AND action IN ('consolidate', 'revert') "
+            "ORDER BY seq", (namespace,)).fetchall()
+        live: dict[str, dict[str, Any]] = {}
+        for seq, action, detail in rows:
+            detail = json.loads(detail)
+            if action == "consolidate":
+                live[detail["batch"]] = {**detail, "seq": seq}
+            else:
+                live.pop(detail["batch"], None)
+        return list(live.values())
 
     def counts(self, namespace: str) -> dict[str, Any]:
         by_status = {s: 0 for s in STATUSES}

@@ -1,5 +1,14 @@
-"""Editors that write edits into a model's weights (ROME, MEMIT).
+"""Editors that write edits into a model's weights: ROME (one edit, one layer) and MEMIT
+(a batch over a run of layers), with what they share: activation tracing, key covariance
+statistics, the value optimisation, weight deltas, and the consolidation policy.
 
-Planned (see DESIGN.md): activation tracing, key covariance statistics, the
-rank-one and batched updates, and journaled weight deltas. Not implemented yet.
+Most users call ``Memory.consolidate(model, method=...)`` or ``memedit consolidate``.
 """
+
+from .consolidate import ConsolidationReport, EditOutcome, consolidate, revert
+from .deltas import WeightJournal
+from .settings import EditorSettings, default_settings
+from .stats import CovarianceStats, key_covariance
+
+__all__ = ["ConsolidationReport", "CovarianceStats", "EditOutcome", "EditorSettings", "WeightJournal", "consolidate",
+           "default_settings", "key_covariance", "revert"]

@@ -42,6 +42,7 @@ import torch
 
 from memedit.artifacts import ArtifactError, Artifacts
 from memedit.edit import fill_prompt
+from memedit.layout import final_norm, find_blocks
 from memedit.memory import Memory
 from memedit.models import LanguageModel, Prompt, Score
 from memedit.store import StoredEdit
@@ -77,26 +78,6 @@ class GraceSettings:
     lr: float = 2.0
     stop_loss: float = 0.1
     normalize: bool = True
-
-
-def _attribute(model: torch.nn.Module, path: str) -> Any:
-    """``model.a.b.c`` for ``path="a.b.c"``, or None where a part is missing."""
-    obj: Any = model
-    for part in path.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            return None
-    return obj
-
-
-def find_blocks(model: torch.nn.Module) -> Sequence[torch.nn.Module]:
-    """The decoder blocks of a Hugging Face causal LM, each with an ``mlp``."""
-    for path in ("model.layers", "model.language_model.layers", "language_model.model.layers", "transformer.h", "model.decoder.layers"):
-        obj = _attribute(model, path)
-        if obj is not None and len(obj) and hasattr(obj[0], "mlp"):
-            return obj
-    raise ValueError(f"cannot find the decoder blocks of {type(model).__name__}: GRACE needs blocks with an .mlp "
-                     f"(Llama, Qwen2, Gemma3 layouts); pass a local Hugging Face causal LM")
 
 
 def default_settings(model: LanguageModel, **overrides: Any) -> GraceSettings:
@@ -141,7 +122,7 @@ class LayerAdaptor:
         self.blocks = find_blocks(model.model)
         self.mlp = self.blocks[settings.layer].mlp
         self.eot = end_of_turn_id(model)
-        self.norm = _final_norm(model.model, self.blocks)
+        self.norm = final_norm(model.model)
         self.fast = self.norm is not None  # run only the wrapped block and those above it while training
 
     def _key(self, x: torch.Tensor) -> torch.Tensor:
@@ -529,15 +510,6 @@ class GRACERouter(Router):
                         for i, e in enumerate(ref.meta["entries"])]
         self.skipped = dict(ref.meta.get("skipped", {}))
         self._seq = None  # sync against the memory on the next question
-
-
-def _final_norm(model: torch.nn.Module, blocks) -> torch.nn.Module | None:
-    """The norm applied after the last block (``model.model.norm`` in the usual layouts), or None."""
-    for path in ("model.norm", "model.language_model.norm", "language_model.model.norm", "transformer.ln_f", "model.decoder.final_layer_norm"):
-        obj = _attribute(model, path)
-        if isinstance(obj, torch.nn.Module):
-            return obj
-    return None
 
 
 def _crop(cache, length: int) -> None:

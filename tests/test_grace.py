@@ -10,7 +10,8 @@ import torch
 
 from memedit.artifacts import ArtifactError, Artifacts
 from memedit.edited_model import EditedModel
-from memedit.retrievers.grace import GRACERouter, find_blocks
+from memedit.layout import find_blocks
+from memedit.retrievers.grace import GRACERouter
 
 FAMILY = {"subject": "Epaspidoceras", "prompt": "Which family does {} belong to?", "target": "Noctuidae"}
 QUESTION = "Which family does Epaspidoceras belong to?"

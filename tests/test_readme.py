@@ -20,4 +20,6 @@ def test_readme_api_tour_runs(tmp_path, monkeypatch, capsys):
     assert "['add', 'supersede', 'restore']" in out
     assert 'serac ["Alice\'s manager is Bob."]' in out                      # the chat session used the taught fact
     assert "memedit could not do that: no edit with id 'no-such-id'" in out   # a tool error, as text
+    assert "1 consolidated, 0 kept on the retrieval path, 1 skipped" in out   # the ROME block wrote its edit
+    assert "\nRome" in out or " Rome" in out
     assert (tmp_path / "memedit.db").exists() and (tmp_path / "other.db").exists()

@@ -1,0 +1,169 @@
+"""ROME and MEMIT consolidation: speed, memory, and the edited weights' quality on KnowEdit.
+
+Figures printed (and written to JSON):
+
+- key statistics: seconds for the covariance of every default layer, computed (first
+  run, into a fresh folder) and loaded from the cache (second run);
+- ROME: seconds per edit over ``--rome`` edits written one after another;
+- MEMIT: seconds for one batch of each ``--memit`` size;
+- peak resident memory of the process during each run (sampled every 0.1 s);
+- quality of the consolidated weights on the KnowEdit wiki_counterfact cases of that run
+  (the first N, the same cases the routers' table uses), KnowEdit's way: raw cloze prompts,
+  teacher-forced token accuracy; reliability (edit prompt), generality (rephrasings, where
+  the data has them), locality (agreement with the unedited model's predictions along the
+  ground truth), portability. No router is involved: the weights answer alone.
+
+Every run goes through ``Memory.consolidate`` with verification on and the locality bound
+off (``max_locality_loss=1``), so every batch is kept and measured whole; the report's
+count of verified edits is printed beside it. After each run the batch is reverted, which
+restores the base weights bit for bit (checked), so runs do not see each other's edits.
+
+    .venv/bin/python bench/consolidate.py --model smollm2-135m --rome 10 --memit 10 100
+    .venv/bin/python bench/consolidate.py --model qwen2.5-1.5b --rome 3 --memit 10 --stats-tokens 10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(os.environ.get("MEMEDIT_DATA", "/work/shared/data")) / "knowedit" / "wiki_counterfact" / "train_cf.json"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--data", default=str(DATA), help="KnowEdit wiki_counterfact JSON (train_cf.json)")
+    p.add_argument("--rome", type=int, default=10, help="ROME edits (0: skip)")
+    p.add_argument("--memit", type=int, nargs="*", default=[10, 100], help="MEMIT batch sizes")
+    p.add_argument("--stats-tokens", type=int, help="corpus tokens behind the key statistics (default: the editors')")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", help="JSON file (default bench/results/consolidate-<model>.json)")
+    return p.parse_args(argv)
+
+
+class PeakMemory:
+    """Peak resident set size of this process while the block runs (sampled)."""
+
+    def __enter__(self) -> "PeakMemory":
+        self.peak, self._stop = _rss(), threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.1):
+            self.peak = max(self.peak, _rss())
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss())
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def predictions(lm, cases) -> dict[tuple[str, str], tuple[int, ...]]:
+    """The model's greedy predictions along each locality probe's ground truth."""
+    return {(c.case_id, p.prompt): lm.score(p.prompt, " " + p.answers[0]).predicted_ids
+            for c in cases for p in c.by_metric("locality")}
+
+
+def quality(lm, cases, before) -> dict[str, float | None]:
+    """KnowEdit's four metrics (percent), averaged per case and then over cases."""
+    per_metric: dict[str, list[float]] = {m: [] for m in ("reliability", "generality", "locality", "portability")}
+    for case in cases:
+        for metric in per_metric:
+            probes = case.by_metric(metric)
+            if not probes:
+                continue
+            scores = []
+            for p in probes:
+                if metric == "locality":
+                    after = lm.score(p.prompt, " " + p.answers[0]).predicted_ids
+                    old = before[(case.case_id, p.prompt)]
+                    scores.append(sum(a == b for a, b in zip(after, old)) / len(old))
+                else:
+                    scores.append(max(lm.score(p.prompt, " " + a).token_accuracy for a in p.answers))
+            per_metric[metric].append(sum(scores) / len(scores))
+    return {m: (100 * sum(v) / len(v) if v else None) for m, v in per_metric.items()}
+
+
+def run(lm, cases, method: str, stats_root: Path, stats_tokens: int | None, workdir: Path) -> dict:
+    from memedit import Memory
+    from memedit.param_editors.deltas import tensor_sha256
+
+    base = {n: tensor_sha256(p) for n, p in lm.model.named_parameters() if n.endswith("down_proj.weight")}
+    before = predictions(lm, cases)
+    with Memory(workdir / f"{method}-{len(cases)}.db") as memory:
+        memory.add_many([c.edit for c in cases])
+        with PeakMemory() as peak:
+            report = memory.consolidate(lm, method=method, max_locality_loss=1.0, stats_root=stats_root,
+                                        stats_tokens=stats_tokens, progress=True)
+        scores = quality(lm, cases, before)
+        if report.committed:
+            memory.revert(report.batch, lm)
+        restored = base == {n: tensor_sha256(p) for n, p in lm.model.named_parameters() if n.endswith("down_proj.weight")}
+    return {"method": method, "edits": len(cases), "layers": list(report.layers), "seconds_edit": report.seconds["edit"],
+            "seconds_per_edit": report.seconds["edit"] / len(cases), "verified": len(report.consolidated),
+            "locality_sample": report.locality, "peak_rss_gb": peak.peak / 2**30, "restored_bit_for_bit": restored,
+            **scores}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from memedit.eval.knowedit import load_knowedit
+    from memedit.models import load_model
+    from memedit.param_editors import default_settings, key_covariance
+
+    lm = load_model(args.model)
+    sizes = [args.rome] + list(args.memit)
+    cases = load_knowedit(args.data, limit=max(sizes), dataset="wiki_counterfact")
+    results: dict = {"model": args.model, "threads": args.threads, "runs": []}
+    with tempfile.TemporaryDirectory(prefix="memedit-bench-") as tmp:
+        tmp = Path(tmp)
+        layers = sorted({*default_settings(lm, "rome").layers, *default_settings(lm, "memit").layers})
+        tokens = args.stats_tokens or default_settings(lm, "memit").stats_tokens
+        with PeakMemory() as peak:
+            first = key_covariance(lm, layers, tokens, root=tmp / "stats", progress=True)
+        second = key_covariance(lm, layers, tokens, root=tmp / "stats", progress=False)
+        assert second.computed == []
+        results["statistics"] = {"layers": layers, "tokens": tokens, "seconds_first": first.seconds,
+                                 "seconds_cached": second.seconds, "peak_rss_gb": peak.peak / 2**30}
+        print(f"key statistics, {len(layers)} layers x {tokens:,} tokens: {first.seconds:.1f} s computed, "
+              f"{second.seconds:.2f} s cached (peak RSS {peak.peak / 2**30:.1f} GB)", flush=True)
+        plan = ([("rome", args.rome)] if args.rome else []) + [("memit", n) for n in args.memit]
+        for method, n in plan:
+            row = run(lm, cases[:n], method, tmp / "stats", args.stats_tokens, tmp)
+            results["runs"].append(row)
+            print(json.dumps(row), flush=True)
+
+    print(f"\n{args.model}, {args.threads} threads; token accuracy, KnowEdit wiki_counterfact first N cases")
+    print("| method | edits | s/edit | s total | verified | peak RSS | reliability | generality | locality | portability |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    fmt = lambda v: "–" if v is None else f"{v:.1f}"
+    for r in results["runs"]:
+        print(f"| {r['method'].upper()} | {r['edits']} | {r['seconds_per_edit']:.1f} | {r['seconds_edit']:.0f} | "
+              f"{r['verified']} | {r['peak_rss_gb']:.1f} GB | {fmt(r['reliability'])} | {fmt(r['generality'])} | "
+              f"{fmt(r['locality'])} | {fmt(r['portability'])} |")
+    out = Path(args.out or ROOT / "bench" / "results" / f"consolidate-{args.model}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,147 @@
+"""Activation tracing: the requests an editor writes, their token positions, and hooks that
+read a module's input or output, or add a vector to its output, at the subject's last token.
+
+Every editor works on the same positions: the last token of the subject inside a cloze
+prompt, under a few neutral context prefixes (so the edit does not hang on the prompt
+starting the text). The prefixes are our own fixed sentences, not sampled from the model,
+so an edit is reproducible bit for bit.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+
+from memedit.edit import Edit, fill_prompt
+from memedit.models import LanguageModel
+
+# "{}" is where the filled cloze prompt goes.
+CONTEXTS = ("{}", "Here is a fact. {}", "I read this in the news today. {}")
+ESSENCE = "{} is a"  # the subject's own description, kept close to the original (the KL term)
+
+
+@dataclass(frozen=True)
+class Request:
+    """One edit as the weight editors see it: cloze ``prompt`` with ``{}``, ``subject``, ``target``."""
+
+    edit_id: str
+    prompt: str
+    subject: str
+    target: str
+
+    @classmethod
+    def from_edit(cls, edit: Edit) -> "Request":
+        return cls(edit.id or "", edit.prompt, edit.subject, edit.target)
+
+    @property
+    def text(self) -> str:
+        return fill_prompt(self.prompt, self.subject)
+
+    @property
+    def continuation(self) -> str:
+        """The target as the continuation of the prompt (with the space between them)."""
+        return self.target if self.text.endswith((" ", "\n")) else " " + self.target
+
+
+def encode(lm: LanguageModel, text: str) -> list[int]:
+    """Token ids of raw text, the way ``LanguageModel.score`` tokenises a prompt."""
+    return lm.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+
+def subject_tokens(lm: LanguageModel, context: str, request: Request) -> tuple[list[int], int]:
+    """(ids of the context-wrapped prompt, index of the subject's last token)."""
+    head, _, _ = context.partition("{}")
+    start = len(head) + request.prompt.index("{}")
+    text = context.replace("{}", request.text)
+    ids = encode(lm, text)
+    last = len(encode(lm, text[:start + len(request.subject)])) - 1
+    return ids, min(max(last, 0), len(ids) - 1)
+
+
+def essence_tokens(lm: LanguageModel, request: Request) -> tuple[list[int], int]:
+    """(ids of ``"<subject> is a"``, index of the subject's last token)."""
+    essence = Request(request.edit_id, ESSENCE, request.subject, request.target)
+    return subject_tokens(lm, "{}", essence)
+
+
+def pad(lm: LanguageModel, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ``input_ids`` and ``attention_mask`` on the model's device."""
+    width = max(len(r) for r in rows)
+    pad_id = lm.tokenizer.pad_token_id or 0
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, :len(row)] = 1
+    return ids.to(lm.device), mask.to(lm.device)
+
+
+def _hidden(output):
+    return output[0] if isinstance(output, tuple) else output
+
+
+@contextmanager
+def read_input(module: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Collect the module's first input of every forward pass while the block runs."""
+    seen: list[torch.Tensor] = []
+    handle = module.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def read_output(module: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Collect the module's output (hidden states) of every forward pass while the block runs."""
+    seen: list[torch.Tensor] = []
+    handle = module.register_forward_hook(lambda _m, _a, out: seen.append(_hidden(out).detach()))
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def add_to_output(module: torch.nn.Module, rows: Sequence[int], positions: Sequence[int], vectors: torch.Tensor) -> Iterator[None]:
+    """Add ``vectors[j]`` to the module's output at (``rows[j]``, ``positions[j]``) on every pass."""
+    index_rows = torch.tensor(list(rows))
+    index_pos = torch.tensor(list(positions))
+
+    def hook(_module, _args, output):
+        hidden = _hidden(output)
+        added = hidden.clone()
+        added[index_rows, index_pos] = added[index_rows, index_pos] + vectors.to(hidden.dtype)
+        return (added, *output[1:]) if isinstance(output, tuple) else added
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def at_subject(lm: LanguageModel, requests: Sequence[Request], module: torch.nn.Module, which: str,
+               contexts: Sequence[str] = CONTEXTS, batch_size: int = 16) -> torch.Tensor:
+    """The module's ``which`` ("input" or "output") at each request's subject's last token,
+    averaged over ``contexts``: one row per request (float32)."""
+    rows, where = [], []
+    for request in requests:
+        for context in contexts:
+            ids, last = subject_tokens(lm, context, request)
+            rows.append(ids)
+            where.append(last)
+    reader = read_input if which == "input" else read_output
+    picked = []
+    with torch.no_grad():
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start:start + batch_size]
+            ids, mask = pad(lm, chunk)
+            with reader(module) as seen:
+                lm.model(input_ids=ids, attention_mask=mask, use_cache=False)
+            states = seen[0]
+            picked.append(states[torch.arange(len(chunk)), torch.tensor(where[start:start + batch_size])].float())
+    return torch.cat(picked).view(len(requests), len(contexts), -1).mean(1)

@@ -1,0 +1,205 @@
+"""The value an edit needs: a vector added at one module's output, at the subject's last
+token, optimised so the model writes the target (shared by ROME and MEMIT).
+
+The loss is the target's negative log-likelihood under each context prefix, plus a KL
+term that keeps the model's reading of ``"<subject> is a"`` where it was, plus a weight
+decay on the vector's size; the vector's norm is clamped to a multiple of the original
+hidden state's. The model's weights are frozen: only the vectors are trained. Several
+edits are trained together in one batch (each edit's rows see only its own vector, so
+the result is mathematically the same as one at a time, only faster); an edit whose loss is under
+``stop_loss`` leaves the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from memedit.models import LanguageModel
+
+from .tracing import CONTEXTS, Request, add_to_output, encode, essence_tokens, pad, read_output, subject_tokens
+
+EDITS_PER_BATCH = 8
+
+
+@dataclass(frozen=True)
+class ValueSettings:
+    """``steps`` and ``lr`` of the Adam loop (an edit stops once its target's loss is under
+    ``stop_loss``); ``kl_factor``, ``weight_decay`` and ``clamp_norm`` as in the module docstring."""
+
+    steps: int = 25
+    lr: float = 0.5
+    stop_loss: float = 0.05
+    kl_factor: float = 0.0625
+    weight_decay: float = 0.5
+    clamp_norm: float = 4.0
+
+
+@dataclass(frozen=True)
+class Value:
+    """The trained vector of one request, with the loss it reached and the steps it took."""
+
+    delta: torch.Tensor
+    loss: float
+    steps: int
+
+
+@dataclass
+class _Rows:
+    """The token rows of a group of requests: per request, one row per context, then the essence row."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    owner: list[int]          # request index of each row
+    where: list[int]          # subject's last token of each row
+    targets: list[tuple[int, torch.Tensor] | None]  # (first predicting position, target ids), None for essence rows
+
+
+def _rows(lm: LanguageModel, requests: Sequence[Request]) -> _Rows:
+    ids, owner, where, targets = [], [], [], []
+    for i, request in enumerate(requests):
+        target = encode(lm, request.continuation)
+        for context in CONTEXTS:
+            prompt, last = subject_tokens(lm, context, request)
+            ids.append(prompt + target[:-1])
+            owner.append(i)
+            where.append(last)
+            targets.append((len(prompt) - 1, torch.tensor(target, device=lm.device)))
+        essence, last = essence_tokens(lm, request)
+        ids.append(essence)
+        owner.append(i)
+        where.append(last)
+        targets.append(None)
+    padded, mask = pad(lm, ids)
+    return _Rows(padded, mask, owner, where, targets)
+
+
+def _scored(rows: _Rows, picked: list[int]) -> tuple[list[int], list[int]]:
+    """(batch row, position) of every scored position: the target tokens' predictions of
+    each context row, then the subject's last token of each essence row."""
+    at_rows, at_pos, essence_rows, essence_pos = [], [], [], []
+    for j, row in enumerate(picked):
+        target = rows.targets[row]
+        if target is None:
+            essence_rows.append(j)
+            essence_pos.append(rows.where[row])
+        else:
+            start, tokens = target
+            at_rows += [j] * len(tokens)
+            at_pos += range(start, start + len(tokens))
+    return at_rows + essence_rows, at_pos + essence_pos
+
+
+def logits_at(lm: LanguageModel, ids: torch.Tensor, mask: torch.Tensor, at_rows: list[int], at_pos: list[int]) -> torch.Tensor:
+    """The model's logits at the given (row, position) pairs only: the output head runs on
+    those positions, not on the whole batch (it costs a fifth of a small model)."""
+    model = lm.model
+    body = getattr(model, "base_model", model)
+    head = model.get_output_embeddings()
+    if body is model or head is None:
+        return model(input_ids=ids, attention_mask=mask, use_cache=False).logits[at_rows, at_pos]
+    hidden = body(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    logits = head(hidden[at_rows, at_pos])
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def _losses(logits: torch.Tensor, rows: _Rows, picked: list[int], reference: dict[int, torch.Tensor],
+            n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per request (of ``n``): the mean target NLL over its context rows, and its essence KL.
+    ``logits`` are those of ``_scored(rows, picked)``, in that order."""
+    gold, token_row, essence = [], [], []
+    for j, row in enumerate(picked):
+        target = rows.targets[row]
+        if target is None:
+            essence.append(row)
+        else:
+            gold.append(target[1])
+            token_row += [row] * len(target[1])
+    logprobs = torch.log_softmax(logits[:len(token_row)].float(), -1)
+    token_nll = -logprobs.gather(1, torch.cat(gold).unsqueeze(1)).squeeze(1)
+    # mean over each row's tokens, then over each request's rows
+    row_ids = torch.tensor(token_row)
+    nll = logits.new_zeros(n, dtype=torch.float32)
+    for i in range(n):
+        per_row = [token_nll[row_ids == r].mean() for r in sorted(set(token_row)) if rows.owner[r] == i]
+        if per_row:
+            nll = nll.index_put((torch.tensor([i]),), torch.stack(per_row).mean().unsqueeze(0))
+    kl = logits.new_zeros(n, dtype=torch.float32)
+    for k, row in enumerate(essence):
+        current = torch.log_softmax(logits[len(token_row) + k].float(), -1)
+        value = torch.nn.functional.kl_div(current, reference[row], log_target=True, reduction="sum")
+        kl = kl.index_put((torch.tensor([rows.owner[row]]),), value.unsqueeze(0))
+    return nll, kl
+
+
+def _optimize_group(lm: LanguageModel, requests: Sequence[Request], module: torch.nn.Module,
+                    settings: ValueSettings) -> list[Value]:
+    rows = _rows(lm, requests)
+    n = len(requests)
+    with torch.no_grad(), read_output(module) as seen:
+        logits = lm.model(input_ids=rows.ids, attention_mask=rows.mask, use_cache=False).logits
+    first_row = [rows.owner.index(i) for i in range(n)]
+    original = torch.stack([seen[0][r, rows.where[r]].float() for r in first_row])
+    reference = {r: torch.log_softmax(logits[r, rows.where[r]].float(), -1)
+                 for r, t in enumerate(rows.targets) if t is None}
+    deltas = torch.zeros_like(original, requires_grad=True)
+    optimizer = torch.optim.Adam([deltas], lr=settings.lr)
+    limit = settings.clamp_norm * original.norm(dim=1)
+    losses = [float("inf")] * n
+    steps = [0] * n
+    done = torch.zeros(n, dtype=torch.bool)
+    for step in range(1, settings.steps + 1):
+        live = [r for r, owner in enumerate(rows.owner) if not done[owner]]
+        owners = [rows.owner[r] for r in live]
+        with add_to_output(module, range(len(live)), [rows.where[r] for r in live], deltas[owners]):
+            logits = logits_at(lm, rows.ids[live], rows.mask[live], *_scored(rows, live))
+        nll, kl = _losses(logits, rows, live, reference, n)
+        decay = settings.weight_decay * (deltas.norm(dim=1) / original.norm(dim=1)) ** 2
+        for i in set(owners):
+            losses[i], steps[i] = float(nll[i].detach()), step
+            if losses[i] < settings.stop_loss:
+                done[i] = True
+        if bool(done.all()):
+            break
+        frozen = deltas.detach()[done].clone()
+        optimizer.zero_grad()
+        loss = (nll + settings.kl_factor * kl + decay)[~done].sum()
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            deltas[done] = frozen  # Adam's momentum must not move a finished edit
+            norms = deltas.norm(dim=1)
+            scale = torch.where(norms > limit, limit / norms.clamp_min(1e-12), torch.ones_like(norms))
+            deltas.mul_(scale.unsqueeze(1))
+    return [Value(deltas[i].detach().clone(), losses[i], steps[i]) for i in range(n)]
+
+
+def optimize_values(lm: LanguageModel, requests: Sequence[Request], module: torch.nn.Module,
+                    settings: ValueSettings, progress: bool = False, label: str = "values") -> list[Value]:
+    """The trained vector of each request, ``EDITS_PER_BATCH`` at a time, with a progress bar when asked."""
+    from tqdm.auto import tqdm
+
+    params = [p for p in lm.model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    # Edits of similar length share a batch, so little of it is padding.
+    order = sorted(range(len(requests)), key=lambda i: len(encode(lm, requests[i].text + requests[i].continuation)))
+    out: dict[int, Value] = {}
+    try:
+        with tqdm(total=len(requests), desc=label, unit="edit", disable=not progress) as bar:
+            for start in range(0, len(order), EDITS_PER_BATCH):
+                group = order[start:start + EDITS_PER_BATCH]
+                out.update(zip(group, _optimize_group(lm, [requests[i] for i in group], module, settings)))
+                bar.update(len(group))
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+    return [out[i] for i in range(len(requests))]
+
+
+def optimize_value(lm: LanguageModel, request: Request, module: torch.nn.Module, settings: ValueSettings) -> Value:
+    """The trained vector of one request."""
+    return optimize_values(lm, [request], module, settings)[0]
