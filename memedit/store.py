@@ -120,6 +120,7 @@ class Store:
 
     def __init__(self, path: str, timeout: float = 30.0) -> None:
         self.path = path
+        self._writing = False
         try:
             conn = sqlite3.connect(path, timeout=timeout, check_same_thread=False)
             self.db = Database(conn)
@@ -163,14 +164,22 @@ class Store:
 
     @contextmanager
     def write(self) -> Iterator[None]:
-        """One write transaction, taken at once so concurrent writers queue instead of deadlocking."""
+        """One write transaction, taken at once so concurrent writers queue instead of deadlocking.
+        A ``write()`` inside another joins it: both commit or roll back together."""
+        if self._writing:
+            yield
+            return
         self.conn.execute("BEGIN IMMEDIATE")
+        self._writing = True
         try:
             yield
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise
-        self.conn.execute("COMMIT")
+        else:
+            self.conn.execute("COMMIT")
+        finally:
+            self._writing = False
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:

@@ -232,17 +232,23 @@ def _write_batch(memory, lm: LanguageModel, journal: WeightJournal, settings: Ed
         return
 
     batch = "b" + uuid.uuid4().hex[:12]
-    meta = {"batch": batch, "method": settings.method, "layers": list(settings.layers), "model": str(lm.name),
-            "edits": good, "base_sha256": base_sha, "after_sha256": {n: tensor_sha256(params[n]) for n in touched}}
-    artifact = journal.record(batch, deltas, meta)
     store, ns = memory._store, memory.namespace
-    with store.write():
-        store.log(ns, None, None, "consolidate", batch=batch, artifact=artifact, method=settings.method,
-                  layers=list(settings.layers), edits=good, model=str(lm.name), locality=report.locality)
-        for edit_id in good:
-            row = store.row(ns, edit_id)
-            store.set_status(row["rid"], "consolidated")
-            store.log(ns, edit_id, row["rid"], "consolidate", batch=batch, method=settings.method)
+    try:
+        with store.write():
+            # An edit retracted by another writer while the batch was computed is not marked.
+            rows = [row for row in (store.row(ns, i) for i in good) if row["status"] == "active"]
+            good = [row["id"] for row in rows]
+            meta = {"batch": batch, "method": settings.method, "layers": list(settings.layers), "model": str(lm.name),
+                    "edits": good, "base_sha256": base_sha, "after_sha256": {n: tensor_sha256(params[n]) for n in touched}}
+            artifact = journal.record(batch, deltas, meta)
+            store.log(ns, None, None, "consolidate", batch=batch, artifact=artifact, method=settings.method,
+                      layers=list(settings.layers), edits=good, model=str(lm.name), locality=report.locality)
+            for row in rows:
+                store.set_status(row["rid"], "consolidated")
+                store.log(ns, row["id"], row["rid"], "consolidate", batch=batch, method=settings.method)
+    except BaseException:
+        journal.set_weights(before)  # nothing was journaled, so the weights must not carry the batch
+        raise
     journal.applied.append(batch)
     memory.index.sync()
     report.batch, report.committed = batch, True

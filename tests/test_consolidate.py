@@ -158,6 +158,25 @@ def test_failed_verification_leaves_weights_and_retrieval_path(lm, open_memory, 
     assert memory.weight_batches() == [] and "consolidate" not in [e.action for e in memory.history()]
 
 
+def test_a_journal_write_that_fails_leaves_the_weights_unchanged(lm, open_memory, db_path, monkeypatch):
+    from memedit.param_editors.deltas import WeightJournal
+
+    memory = open_memory(db_path)
+    edit = memory.add(**EDIT)
+    model = fresh(lm)
+    original = hashes(model)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(WeightJournal, "record", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        memory.consolidate(model, method="rome", stats_tokens=STATS_TOKENS)
+    assert hashes(model) == original
+    assert memory.get(edit.id).status == "active" and memory.weight_batches() == []
+    assert "consolidate" not in [e.action for e in memory.history()]
+
+
 def test_free_text_and_erase_edits_are_skipped_with_the_reason(lm, open_memory, db_path):
     memory = open_memory(db_path)
     text = memory.add(statement="The office moved to Berlin.")
