@@ -16,11 +16,11 @@ import json
 import re
 import time
 import xml.etree.ElementTree as ET
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 
@@ -133,7 +133,7 @@ def key_covariance(lm: LanguageModel, layers: Sequence[int], tokens: int, root: 
 def _compute(lm: LanguageModel, layers: Sequence[int], tokens: int, progress: bool) -> dict[int, torch.Tensor]:
     from tqdm.auto import tqdm
 
-    from .tracing import pad, read_input
+    from .tracing import pad, read_input, run_until
 
     blocks = find_blocks(lm.model)
     downs = {layer: mlp_down(blocks[layer]) for layer in layers}
@@ -149,11 +149,7 @@ def _compute(lm: LanguageModel, layers: Sequence[int], tokens: int, progress: bo
                 ids, mask = pad(lm, chunk)
                 with ExitStack() as stack:
                     readers = {layer: stack.enter_context(read_input(d)) for layer, d in downs.items()}
-                    stack.enter_context(stop_after(downs[max(layers)]))
-                    try:
-                        lm.model(input_ids=ids, attention_mask=mask, use_cache=False)
-                    except _Stop:
-                        pass
+                    run_until(lm, ids, mask, downs[max(layers)])
                 keep = mask.bool().view(-1)
                 for layer, seen in readers.items():
                     keys = seen[0].reshape(-1, seen[0].shape[-1])[keep].float()
@@ -163,23 +159,6 @@ def _compute(lm: LanguageModel, layers: Sequence[int], tokens: int, progress: bo
     finally:
         bar.close()
     return {layer: (total / count).float().cpu() for layer, total in sums.items()}
-
-
-class _Stop(Exception):
-    """Raised by ``stop_after`` to end a forward pass once the deepest layer needed has run."""
-
-
-@contextmanager
-def stop_after(module: torch.nn.Module) -> Iterator[None]:
-    """End every forward pass right after ``module`` runs (the layers above are not needed)."""
-    def hook(_module, _args, _output):
-        raise _Stop
-
-    handle = module.register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
 
 
 def _paths(folder: Path, layer: int) -> tuple[Path, Path]:

@@ -124,6 +124,32 @@ def add_to_output(module: torch.nn.Module, rows: Sequence[int], positions: Seque
         handle.remove()
 
 
+class _Stop(Exception):
+    """Raised by ``stop_after`` to end a forward pass once the deepest layer needed has run."""
+
+
+@contextmanager
+def stop_after(module: torch.nn.Module) -> Iterator[None]:
+    """End every forward pass right after ``module`` runs (the layers above are not needed)."""
+    def hook(_module, _args, _output):
+        raise _Stop
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def run_until(lm: LanguageModel, ids: torch.Tensor, mask: torch.Tensor, module: torch.nn.Module) -> None:
+    """Run the model on a batch only as far as ``module`` (hooks on it and below see the pass)."""
+    with stop_after(module):
+        try:
+            lm.model(input_ids=ids, attention_mask=mask, use_cache=False)
+        except _Stop:
+            pass
+
+
 def at_subject(lm: LanguageModel, requests: Sequence[Request], module: torch.nn.Module, which: str,
                contexts: Sequence[str] = CONTEXTS, batch_size: int = 16) -> torch.Tensor:
     """The module's ``which`` ("input" or "output") at each request's subject's last token,
@@ -141,7 +167,7 @@ def at_subject(lm: LanguageModel, requests: Sequence[Request], module: torch.nn.
             chunk = rows[start:start + batch_size]
             ids, mask = pad(lm, chunk)
             with reader(module) as seen:
-                lm.model(input_ids=ids, attention_mask=mask, use_cache=False)
+                run_until(lm, ids, mask, module)
             states = seen[0]
             picked.append(states[torch.arange(len(chunk)), torch.tensor(where[start:start + batch_size])].float())
     return torch.cat(picked).view(len(requests), len(contexts), -1).mean(1)
