@@ -11,6 +11,7 @@ import copy
 import json
 import os
 import sqlite3
+import warnings
 from pathlib import Path
 
 import pytest
@@ -279,3 +280,20 @@ def test_cli_consolidate_list_and_revert(lm, tmp_path, monkeypatch, capsys):
     with Memory(db) as memory:  # a model loaded after the revert carries nothing
         rebuilt = fresh(lm)
         assert memory.apply_consolidated(rebuilt) == [] and hashes(rebuilt) == original
+
+
+def test_a_black_box_model_is_warned_that_it_cannot_carry_consolidated_edits(rome_batch):
+    from langchain_core.language_models.fake_chat_models import FakeListChatModel
+
+    from memedit.adapters.langchain import LangChainBackend
+
+    memory = rome_batch[0]
+    assert memory.weight_batches() == []  # the revert test ran: no batch, no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        EditedModel(LangChainBackend(FakeListChatModel(responses=["Paris."])), memory, router="ike")
+    louvre = memory.add(subject="Louvre", prompt="The {} is located in the city of", target="Madrid")
+    report = memory.consolidate(rome_batch[1], method="rome", edits=[louvre.id], stats_tokens=STATS_TOKENS, verify=False)
+    assert report.committed
+    with pytest.warns(UserWarning, match="cannot carry them"):
+        EditedModel(LangChainBackend(FakeListChatModel(responses=["Paris."])), memory, router="ike")
