@@ -118,6 +118,15 @@ def test_consolidated_edit_cannot_be_retracted_without_revert(rome_batch):
     assert memory.get(edit.id).status == "consolidated"
 
 
+def test_an_exported_consolidated_edit_imports_as_active(rome_batch, tmp_path):
+    memory, _, edit, _, _ = rome_batch
+    memory.export_jsonl(tmp_path / "alice.jsonl")
+    assert json.loads((tmp_path / "alice.jsonl").read_text().splitlines()[0])["status"] == "consolidated"
+    copy_space = memory.with_namespace("copy")
+    copy_space.import_jsonl(tmp_path / "alice.jsonl")  # the file does not carry the weights
+    assert copy_space.get(edit.id).status == "active"
+
+
 def test_a_model_carrying_one_namespace_refuses_another(rome_batch):
     memory, model, _, _, _ = rome_batch
     bob = memory.with_namespace("bob")

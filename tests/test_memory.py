@@ -301,7 +301,7 @@ def test_list_filters(memory):
 def test_stats_counts(memory):
     empty = memory.stats()
     assert empty["edits"] == 0 and empty["events"] == 0 and empty["active_by_kind"] == {}
-    assert empty["by_status"] == {"active": 0, "superseded": 0, "retracted": 0}
+    assert empty["by_status"] == {"active": 0, "superseded": 0, "retracted": 0, "consolidated": 0}
     assert empty["namespace"] == "default" and empty["db"] == memory.path
 
     a = memory.add(subject="France", prompt=CAPITAL, target="Lyon")                     # add
@@ -313,7 +313,7 @@ def test_stats_counts(memory):
     assert memory.get(a.id).status == "superseded"
     stats = memory.stats()
     assert stats["edits"] == 5
-    assert stats["by_status"] == {"active": 3, "superseded": 1, "retracted": 1}
+    assert stats["by_status"] == {"active": 3, "superseded": 1, "retracted": 1, "consolidated": 0}
     assert stats["active_by_kind"] == {"modify": 1, "erase": 1, "insert": 1}
     assert stats["events"] == 5 + 1 + 1 == len(memory.history())
     assert stats["embedder"] == memory._shared.embedder_name

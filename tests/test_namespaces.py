@@ -37,7 +37,7 @@ def test_empty_namespace_sees_nothing_of_another(two):
         assert bob.search(query, k=10) == []
     stats = bob.stats()
     assert stats["namespace"] == "bob" and stats["edits"] == 0 and stats["events"] == 0
-    assert stats["by_status"] == {"active": 0, "superseded": 0, "retracted": 0}
+    assert stats["by_status"] == {"active": 0, "superseded": 0, "retracted": 0, "consolidated": 0}
 
 
 def test_reads_from_b_return_only_b_edits(two):
