@@ -11,7 +11,10 @@ Figures printed (and written to JSON):
   (the first N, the same cases the routers' table uses), KnowEdit's way: raw cloze prompts,
   teacher-forced token accuracy; reliability (edit prompt), generality (rephrasings, where
   the data has them), locality (agreement with the unedited model's predictions along the
-  ground truth), portability. No router is involved: the weights answer alone.
+  ground truth), portability. No router is involved: the weights answer alone. Beside
+  them, "chat reliability": the target's token accuracy when the edit prompt is asked
+  through the routers' base chat prompt, the way ``EditedModel.ask`` asks a question
+  once its edit has left the retrieval path (before and after the batch).
 
 Every run goes through ``Memory.consolidate`` with verification on and the locality bound
 off (``max_locality_loss=1``), so every batch is kept and measured whole; the report's
@@ -78,6 +81,17 @@ def predictions(lm, cases) -> dict[tuple[str, str], tuple[int, ...]]:
             for c in cases for p in c.by_metric("locality")}
 
 
+def chat_reliability(lm, cases, memory) -> float:
+    """Target token accuracy when the edit prompt is asked the way ``EditedModel.ask`` asks
+    a question no edit is in scope of (the router's base chat prompt): the path an edit
+    takes once it has left the retrieval path (percent)."""
+    from memedit.edited_model import make_router
+
+    base_prompt = make_router("ike", lm, memory).base_prompt
+    return 100 * sum(lm.score(base_prompt(c.edit.prompt.format(c.edit.subject)), " " + c.edit.target).token_accuracy
+                     for c in cases) / len(cases)
+
+
 def quality(lm, cases, before) -> dict[str, float | None]:
     """KnowEdit's four metrics (percent), averaged per case and then over cases."""
     per_metric: dict[str, list[float]] = {m: [] for m in ("reliability", "generality", "locality", "portability")}
@@ -106,10 +120,13 @@ def run(lm, cases, method: str, stats_root: Path, stats_tokens: int | None, work
     before = predictions(lm, cases)
     with Memory(workdir / f"{method}-{len(cases)}.db") as memory:
         memory.add_many([c.edit for c in cases])
+        chat_before = chat_reliability(lm, cases, memory)
         with PeakMemory() as peak:
             report = memory.consolidate(lm, method=method, max_locality_loss=1.0, stats_root=stats_root,
                                         stats_tokens=stats_tokens, progress=True)
         scores = quality(lm, cases, before)
+        scores["chat_reliability_before"] = chat_before
+        scores["chat_reliability"] = chat_reliability(lm, cases, memory)
         if report.committed:
             memory.revert(report.batch, lm)
         restored = base == {n: tensor_sha256(p) for n, p in lm.model.named_parameters() if n.endswith("down_proj.weight")}
@@ -151,13 +168,15 @@ def main(argv=None) -> int:
             print(json.dumps(row), flush=True)
 
     print(f"\n{args.model}, {args.threads} threads; token accuracy, KnowEdit wiki_counterfact first N cases")
-    print("| method | edits | s/edit | s total | verified | peak RSS | reliability | generality | locality | portability |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| method | edits | s/edit | s total | verified | peak RSS | reliability | generality | locality | portability "
+          "| chat reliability (before) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     fmt = lambda v: "–" if v is None else f"{v:.1f}"
     for r in results["runs"]:
         print(f"| {r['method'].upper()} | {r['edits']} | {r['seconds_per_edit']:.1f} | {r['seconds_edit']:.0f} | "
               f"{r['verified']} | {r['peak_rss_gb']:.1f} GB | {fmt(r['reliability'])} | {fmt(r['generality'])} | "
-              f"{fmt(r['locality'])} | {fmt(r['portability'])} |")
+              f"{fmt(r['locality'])} | {fmt(r['portability'])} | {fmt(r['chat_reliability'])} "
+              f"({fmt(r['chat_reliability_before'])}) |")
     out = Path(args.out or ROOT / "bench" / "results" / f"consolidate-{args.model}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))
