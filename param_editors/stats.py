@@ -28,6 +28,8 @@ from memedit.layout import find_blocks, mlp_down
 from memedit.model_files import cache_dir
 from memedit.models import LanguageModel
 
+from .tracing import encode
+
 CORPUS_FILE = "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 WINDOW = 128
 BATCH = 8
@@ -86,7 +88,7 @@ def corpus_windows(lm: LanguageModel, tokens: int) -> list[list[int]]:
     ids: list[int] = []
     eos = lm.tokenizer.eos_token_id
     for article in corpus_articles():
-        ids.extend(lm.tokenizer(article, add_special_tokens=False)["input_ids"])
+        ids.extend(encode(lm, article))
         ids.append(eos)
         if len(ids) >= tokens:
             break

@@ -48,7 +48,7 @@ class Request:
 
 def encode(lm: LanguageModel, text: str) -> list[int]:
     """Token ids of raw text, the way ``LanguageModel.score`` tokenises a prompt."""
-    return lm.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+    return lm._ids(text)
 
 
 def subject_tokens(lm: LanguageModel, context: str, request: Request) -> tuple[list[int], int]:

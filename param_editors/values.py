@@ -110,29 +110,29 @@ def _losses(logits: torch.Tensor, rows: _Rows, picked: list[int], reference: dic
             n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per request (of ``n``): the mean target NLL over its context rows, and its essence KL.
     ``logits`` are those of ``_scored(rows, picked)``, in that order."""
-    gold, token_row, essence = [], [], []
-    for j, row in enumerate(picked):
+    gold, scored, essence = [], [], []  # scored: (row, its number of target tokens)
+    for row in picked:
         target = rows.targets[row]
         if target is None:
             essence.append(row)
         else:
             gold.append(target[1])
-            token_row += [row] * len(target[1])
-    logprobs = torch.log_softmax(logits[:len(token_row)].float(), -1)
+            scored.append((row, len(target[1])))
+    count = sum(size for _, size in scored)
+    logprobs = torch.log_softmax(logits[:count].float(), -1)
     token_nll = -logprobs.gather(1, torch.cat(gold).unsqueeze(1)).squeeze(1)
-    # mean over each row's tokens, then over each request's rows
-    row_ids = torch.tensor(token_row)
-    nll = logits.new_zeros(n, dtype=torch.float32)
-    for i in range(n):
-        per_row = [token_nll[row_ids == r].mean() for r in sorted(set(token_row)) if rows.owner[r] == i]
-        if per_row:
-            nll = nll.index_put((torch.tensor([i]),), torch.stack(per_row).mean().unsqueeze(0))
-    kl = logits.new_zeros(n, dtype=torch.float32)
+    per_row: dict[int, list[torch.Tensor]] = {}  # request -> mean NLL of each of its rows
+    start = 0
+    for row, size in scored:
+        per_row.setdefault(rows.owner[row], []).append(token_nll[start:start + size].mean())
+        start += size
+    kl_of: dict[int, torch.Tensor] = {}
     for k, row in enumerate(essence):
-        current = torch.log_softmax(logits[len(token_row) + k].float(), -1)
-        value = torch.nn.functional.kl_div(current, reference[row], log_target=True, reduction="sum")
-        kl = kl.index_put((torch.tensor([rows.owner[row]]),), value.unsqueeze(0))
-    return nll, kl
+        current = torch.log_softmax(logits[count + k].float(), -1)
+        kl_of[rows.owner[row]] = torch.nn.functional.kl_div(current, reference[row], log_target=True, reduction="sum")
+    zero = logits.new_zeros((), dtype=torch.float32)
+    nll = torch.stack([torch.stack(per_row[i]).mean() if i in per_row else zero for i in range(n)])
+    return nll, torch.stack([kl_of.get(i, zero) for i in range(n)])
 
 
 def _optimize_group(lm: LanguageModel, requests: Sequence[Request], module: torch.nn.Module,
