@@ -1,13 +1,16 @@
-"""PokeMQA's scope detector on MQuAKE-hard sub-questions: recall and false hits.
+"""The scope detector on MQuAKE-hard sub-questions: recall and false hits, detectors side by side.
 
-Run it from the repository root (no language model is loaded; about 2 min on 2 cores):
+Run it from the repository root (no language model is loaded; a few minutes on 2 cores):
 
-    python bench/mquake_scope.py                 # both detectors, both first-stage cuts, k = 1 and all
-    python bench/mquake_scope.py --detector cross-encoder --first-threshold 0.701 --k all
+    python bench/mquake_scope.py                 # the edit detector beside today's two, k = 1 and all
+    python bench/mquake_scope.py --detector edit cross-encoder:0.4 --k all
 
-For each k, the memory holds the edits of each batch of k cases (k = all: all 1,716 edits
-of the file). The detector (``PokeMQARouter.detect``: MiniLM cosine >= ``first_threshold``,
-then the second stage) is asked:
+A detector is ``edit`` (the default one: the nearest edits and those whose subject the
+question names, judged by the edit-aware head) or ``NAME:CUT``, a statement-only
+classifier (``cross-encoder`` or ``embedding``) behind a first-stage cosine cut, as
+PokeMQA used them (``cross-encoder:0.4``, ``embedding:0.701``). For each k, the memory
+holds the edits of each batch of k cases (k = all: all 1,716 edits of the file). The
+detector (``ScopeDetector.decide``, as every router calls it) is asked:
 
 - each case's gold single-hop questions after the edits (``new_single_hops``): every hop of
   MQuAKE-hard is edited, so the detector should return that hop's edit. Recall is the share
@@ -36,26 +39,25 @@ import torch
 from memedit import Memory
 from memedit.embeddings import get_embedder
 from memedit.eval.mquake import batches, load_mquake
-from memedit.retrievers.pokemqa import PokeMQARouter
-from memedit.retrievers.serac import EMBEDDING_THRESHOLD, load_scope
+from memedit.retrievers.detector import ScopeDetector, load_classifier
 
 DATA = Path(os.environ.get("MEMEDIT_DATA", "/work/shared/data")) / "mquake-hard" / "MQuAKE-hard.json"
 
 
-def measure(cases, k, detector, first_threshold: float, folder: Path) -> dict:
+def measure(cases, k, classifier, first_threshold: float | None, folder: Path) -> dict:
     embedder = get_embedder()
     found = {"recall": 0, "wrong": 0, "missed": 0, "false_hit": 0, "quiet": 0, "edited_elsewhere": 0}
     for number, group in enumerate(batches(cases, k)):
         with Memory(folder / f"k{k}-{number}.db", embedder=embedder) as memory:
             memory.add_many([e for c in group for e in c.edits])
-            router = PokeMQARouter(None, memory, detector=detector, first_threshold=first_threshold)
+            detector = ScopeDetector(memory, classifier, k=5, min_cosine=first_threshold)
             edited = {(e.subject.casefold(), e.relation) for c in group for e in c.edits}
             for case in group:
                 for hop, index in zip(case.new_hops, case.edit_for_hop()):
-                    hit, _ = router.detect(hop.question)
+                    hit = detector.decide(hop.question).best
                     if hit is None:
                         found["missed"] += 1
-                    elif hit.edit.statement == case.edits[index].statement:
+                    elif hit.statement == case.edits[index].statement:
                         found["recall"] += 1
                     else:
                         found["wrong"] += 1
@@ -65,7 +67,7 @@ def measure(cases, k, detector, first_threshold: float, folder: Path) -> dict:
                     if (case.old_hops[i - 1].answers[0].casefold(), case.edits[i].relation) in edited:
                         found["edited_elsewhere"] += 1
                         continue
-                    hit, _ = router.detect(hop.question)
+                    hit = detector.decide(hop.question).best
                     found["false_hit" if hit is not None else "quiet"] += 1
     asked = found["recall"] + found["wrong"] + found["missed"]
     unedited = found["false_hit"] + found["quiet"]
@@ -79,9 +81,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(DATA))
     parser.add_argument("--k", nargs="+", default=["1", "all"])
-    parser.add_argument("--detector", nargs="+", default=["cross-encoder", "embedding"])
-    parser.add_argument("--first-threshold", type=float, nargs="+", default=[EMBEDDING_THRESHOLD, 0.4],
-                        help="first-stage cosine cuts to measure (default: the KnowEdit-calibrated 0.701, and 0.4)")
+    parser.add_argument("--detector", nargs="+", default=["edit", "cross-encoder:0.4", "embedding:0.701"],
+                        help="detectors to measure: edit, or NAME:CUT for a statement-only classifier behind a cosine cut")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--results", default=str(Path(__file__).parent / "results" / "mquake_scope.json"))
     args = parser.parse_args(argv)
@@ -90,19 +91,20 @@ def main(argv=None) -> int:
     cases = load_mquake(args.data)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.detector:
-            detector = load_scope(name, embedder=get_embedder())
-            for first in args.first_threshold:
-                for k in args.k:
-                    started = time.time()
-                    row = {"detector": name, "threshold": detector.threshold, "first_threshold": first,
-                           **measure(cases, k, detector, first, Path(tmp)), "seconds": None}
-                    row["seconds"] = round(time.time() - started, 1)
-                    rows.append(row)
-                    print(json.dumps(row), flush=True)
+        for spec in args.detector:
+            name, _, cut = spec.partition(":")
+            first = float(cut) if cut else None
+            classifier = load_classifier(name, embedder=get_embedder())
+            for k in args.k:
+                started = time.time()
+                row = {"detector": name, "threshold": classifier.threshold, "first_threshold": first,
+                       **measure(cases, k, classifier, first, Path(tmp)), "seconds": None}
+                row["seconds"] = round(time.time() - started, 1)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
     print("\n| detector | first-stage cosine | k | recall | wrong edit | missed | false-hit rate | s |\n|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['detector']} | {r['first_threshold']} | {r['k']} | {100 * r['recall']:.1f} | {100 * r['wrong_edit']:.1f} | {100 * r['missed']:.1f} "
+        print(f"| {r['detector']} | {r['first_threshold'] if r['first_threshold'] is not None else '–'} | {r['k']} | {100 * r['recall']:.1f} | {100 * r['wrong_edit']:.1f} | {100 * r['missed']:.1f} "
               f"| {100 * r['false_hit_rate']:.1f} | {r['seconds']} |")
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results).write_text(json.dumps({"data": args.data, "rows": rows}, indent=2) + "\n", encoding="utf-8")

@@ -1,28 +1,28 @@
-"""Scope classifier benchmark: embedding similarity vs. the MiniLM cross-encoder on KnowEdit.
+"""Scope detectors side by side: the shipped edit-aware detector against today's cosine and cross-encoder.
 
 Run it from the repository root:
 
-    python bench/scope.py                      # train on 600 + 600 cases, ~5-10 min on 2 cores
-    python bench/scope.py --train-limit 100    # a quick run
-    python bench/scope.py --reuse              # evaluate the cross-encoder already in --out
+    python bench/scope.py              # trains the cross-encoder once (~15 min on 2 cores), then evaluates
+    python bench/scope.py --reuse      # the cross-encoder already in --out (or skip it: --no-cross-encoder)
 
-Cases 0-199 of each data set (ZsRE ``ZsRE-test-all.json``, WikiData_counterfact
-``train_cf.json``) are the evaluation cases and are never trained on; training uses cases
-200 onwards (at most ``--train-limit`` per data set). Pairs come from
-``memedit.retrievers.scope.scope_pairs``: an edit's reliability, generality and
-portability prompts are in scope of its statement; its locality prompts (hard
-negatives, same subject) and two other cases' prompts (easy negatives) are out.
+Two measurements, every detector in the same run:
 
-1. The embedding classifier (MiniLM cosine) gets the F1-max threshold on the training pairs.
-2. The cross-encoder is fine-tuned from the packaged MiniLM on the training pairs (its
-   threshold is the F1-max one on a held-out 10% of their statements) and saved in
-   ``--out`` (default ``$MEMEDIT_CACHE/scope/minilm-knowedit`` or
-   ``~/.cache/memedit/scope/minilm-knowedit``).
-3. Both are scored on the evaluation pairs: precision, recall and F1 per data set and
-   overall, and the share of pairs called in scope per pair kind (for locality and
-   same-relation and unrelated pairs that is the false-positive rate).
+1. **KnowEdit pairs** (cases 0-199 of ZsRE ``ZsRE-test-all.json`` and WikiData_counterfact
+   ``train_cf.json``, which training never reads): an edit's reliability, generality and
+   portability prompts are in scope of it; its locality prompts (same subject, another
+   relation), the same relation about another subject and random other prompts are out
+   (``memedit.retrievers.scope.scope_pairs``). Precision, recall and F1, and the share
+   called in scope per pair kind.
+2. **People's wordings** (``bench/data/natural_scope.jsonl``: edits about invented entities,
+   questions written as a person types them, the same entities' other relations and
+   famous entities; tests never read this file): all edits in one memory, every question
+   through ``ScopeDetector.decide`` as a router asks it. Recall (the right edit), wrong
+   edit, missed, false hits, and the detector's cost per question.
 
-Figures are printed and written as JSON to ``--results`` (default bench/results/scope.json).
+The cosine classifier gets its F1-max threshold on training pairs (cases 200-799); the
+cross-encoder is fine-tuned on them (saved in ``--out``); the edit detector is the head
+shipped in ``retrievers/data`` (``memedit scope train`` rebuilds it). Figures are printed
+and written as JSON to ``--results`` (default bench/results/scope.json).
 """
 
 from __future__ import annotations
@@ -37,35 +37,37 @@ from pathlib import Path
 
 import numpy as np
 
+from memedit.embeddings import get_embedder
 from memedit.eval.knowedit import load_knowedit
-from memedit.retrievers.serac import default_scope_path
+from memedit.eval.scope_eval import evaluate_scope, load_scope_questions
+from memedit.retrievers.detector import EditScope, StatementScope
 from memedit.retrievers.scope import (DEFAULT_MAX_LENGTH, CrossEncoderScope, EmbeddingScope, ScopePair,
                                       scope_metrics, scope_pairs)
+from memedit.retrievers.scope_training import KNOWEDIT_FILES, data_dir
+from memedit.retrievers.serac import default_scope_path
 
-DATA = Path("/work/shared/data/knowedit")
-FILES = {"zsre": "ZsRE/ZsRE-test-all.json", "wiki_counterfact": "wiki_counterfact/train_cf.json"}
 EVAL_CASES = 200
 KINDS = ("reliability", "generality", "portability", "locality", "same_relation", "unrelated")
+NATURAL = Path(__file__).parent / "data" / "natural_scope.jsonl"
 
 
 def load_pairs(data: Path, train_limit: int, seed: int) -> tuple[list[ScopePair], dict[str, list[ScopePair]]]:
     """(training pairs of all data sets, evaluation pairs per data set)."""
     train: list[ScopePair] = []
     evaluation: dict[str, list[ScopePair]] = {}
-    for name, relative in FILES.items():
+    for name, relative in KNOWEDIT_FILES.items():
         cases = load_knowedit(data / relative, limit=EVAL_CASES + train_limit, dataset=name)
         if len(cases) <= EVAL_CASES:
             raise SystemExit(f"{data / relative} has only {len(cases)} cases; need more than {EVAL_CASES}")
         evaluation[name] = scope_pairs(cases[:EVAL_CASES], seed=seed)
         train += scope_pairs(cases[EVAL_CASES:], seed=seed)
-        print(f"{name}: {len(cases) - EVAL_CASES} training cases, {EVAL_CASES} evaluation cases", file=sys.stderr)
     return train, evaluation
 
 
-def evaluate(classifier, evaluation: dict[str, list[ScopePair]]) -> dict:
+def evaluate_pairs(classifier, evaluation: dict[str, list[ScopePair]]) -> dict:
     """Precision/recall/F1 per data set and overall, and the share called in scope per pair kind."""
     every = [p for pairs in evaluation.values() for p in pairs]
-    scores = classifier.pair_scores(every)  # scored once; the splits below index into it
+    scores = np.asarray(classifier.pair_scores(every))
     labels = np.array([p.label for p in every])
     names = np.array([name for name, pairs in evaluation.items() for _ in pairs])
     kinds = np.array([p.kind for p in every])
@@ -77,74 +79,69 @@ def evaluate(classifier, evaluation: dict[str, list[ScopePair]]) -> dict:
     return result
 
 
-def print_table(results: dict) -> None:
-    names = [*FILES, "all"]
-    print(f"\n{'classifier':<14} {'data set':<17} {'precision':>9} {'recall':>7} {'F1':>6} {'n':>6} {'threshold':>9}")
-    for label in ("embedding", "cross_encoder"):
-        for name in names:
-            r = results[label][name]
-            print(f"{label:<14} {name:<17} {r['precision']:>9.3f} {r['recall']:>7.3f} {r['f1']:>6.3f} {r['n']:>6} {r['threshold']:>9.3f}")
-    print(f"\nshare called in scope, by pair kind (all evaluation pairs)")
-    print(f"{'classifier':<14} " + " ".join(f"{k:>12}" for k in KINDS))
-    for label in ("embedding", "cross_encoder"):
-        rates = results[label]["by_kind"]
-        print(f"{label:<14} " + " ".join(f"{rates[k]['in_scope_rate']:>12.3f}" if k in rates else f"{'-':>12}" for k in KINDS))
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=DATA, help="folder with ZsRE/ and wiki_counterfact/")
+    parser.add_argument("--data", type=Path, default=data_dir(), help="folder with knowedit/ (default $MEMEDIT_DATA)")
+    parser.add_argument("--natural", type=Path, default=NATURAL, help="scope-questions JSONL of people's wordings")
     parser.add_argument("--train-limit", type=int, default=600, help="training cases per data set (from case 200 on)")
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=3e-5)
-    parser.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH, help="tokens per (question, statement) pair")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=None, help=f"where the trained cross-encoder goes (default {default_scope_path()})")
+    parser.add_argument("--out", type=Path, default=None, help=f"the cross-encoder's folder (default {default_scope_path()})")
     parser.add_argument("--reuse", action="store_true", help="load the cross-encoder from --out instead of training it")
-    parser.add_argument("--results", type=Path, default=Path("bench/results/scope.json"), help="where to write the figures as JSON")
+    parser.add_argument("--no-cross-encoder", action="store_true", help="leave the cross-encoder out")
+    parser.add_argument("--head", type=Path, default=None, help="a head folder from 'memedit scope train' (default: the shipped one)")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--results", type=Path, default=Path("bench/results/scope.json"))
     args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     out = (args.out or default_scope_path()).expanduser()
-
-    started, cpu_started = time.perf_counter(), time.process_time()
+    started = time.perf_counter()
     train, evaluation = load_pairs(args.data, args.train_limit, args.seed)
-    results: dict = {"train_cases_per_set": args.train_limit, "eval_cases_per_set": EVAL_CASES, "seed": args.seed,
-                     "train_pairs": len(train), "eval_pairs": {k: len(v) for k, v in evaluation.items()},
-                     "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}}
-
-    t = time.perf_counter()
-    embedding = EmbeddingScope()
-    embedding.calibrate(train)
-    results["embedding_calibrate_s"] = round(time.perf_counter() - t, 1)
-    print(f"embedding threshold {embedding.threshold:.3f} (F1-max on {len(train)} training pairs, "
-          f"{results['embedding_calibrate_s']} s)", file=sys.stderr)
-
-    t, cpu = time.perf_counter(), time.process_time()
-    if args.reuse:
-        cross = CrossEncoderScope.load(out)
-    else:
-        cross = CrossEncoderScope.train(train, out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                                        seed=args.seed, max_length=args.max_length)
-    results["cross_encoder_train_s"] = round(time.perf_counter() - t, 1)
-    results["cross_encoder_train_cpu_s"] = round(time.process_time() - cpu, 1)
-    results["cross_encoder_meta"] = cross.meta
-    results["cross_encoder_folder"] = str(out)
-
-    t = time.perf_counter()
-    results["embedding"] = evaluate(embedding, evaluation)
-    results["cross_encoder"] = evaluate(cross, evaluation)
-    results["evaluate_s"] = round(time.perf_counter() - t, 1)
+    embedder = get_embedder()
+    classifiers = {"edit": EditScope(embedder, folder=args.head)}
+    cosine = EmbeddingScope(embedder)
+    cosine.calibrate(train)
+    classifiers["embedding"] = StatementScope(cosine)
+    if not args.no_cross_encoder:
+        if args.reuse:
+            cross = CrossEncoderScope.load(out)
+        else:
+            cross = CrossEncoderScope.train(train, out, epochs=2, batch_size=32, lr=3e-5, seed=args.seed,
+                                            max_length=DEFAULT_MAX_LENGTH)
+        classifiers["cross-encoder"] = StatementScope(cross)
+    edits, questions = load_scope_questions(args.natural)
+    results: dict = {"eval_cases_per_set": EVAL_CASES, "eval_pairs": {k: len(v) for k, v in evaluation.items()},
+                     "natural": str(args.natural), "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+                     "detectors": {}}
+    for name, classifier in classifiers.items():
+        t = time.perf_counter()
+        pairs = evaluate_pairs(classifier, evaluation)
+        natural = evaluate_scope(edits, questions, classifier, k=5, embedder=embedder)
+        results["detectors"][name] = {"threshold": classifier.threshold, "knowedit": pairs, "natural": natural,
+                                      "seconds": round(time.perf_counter() - t, 1)}
+        print(f"{name}: done in {results['detectors'][name]['seconds']} s", file=sys.stderr)
     results["total_s"] = round(time.perf_counter() - started, 1)
-    results["total_cpu_s"] = round(time.process_time() - cpu_started, 1)
-    results["load_avg_end"] = os.getloadavg()[0]
 
-    print_table(results)
-    verb = "loaded" if args.reuse else "trained"
-    meta = cross.meta
-    print(f"\ncross-encoder {verb} in {results['cross_encoder_train_s']} s ({meta.get('train_pairs')} training pairs, "
-          f"{meta.get('calibration_pairs')} held out for its threshold, {meta.get('epochs')} epochs) "
-          f"-> {out}; total {results['total_s']} s wall, {results['total_cpu_s']} s CPU; "
-          f"load average {results['load_avg_end']:.2f} at end")
+    print("\nKnowEdit evaluation pairs (cases 0-199 of both sets)")
+    print("| detector | threshold | precision | recall | F1 | locality in scope | same relation, other subject | unrelated |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, r in results["detectors"].items():
+        a, k = r["knowedit"]["all"], r["knowedit"]["by_kind"]
+        print(f"| {name} | {r['threshold']:.3f} | {a['precision']:.3f} | {a['recall']:.3f} | {a['f1']:.3f} | "
+              f"{100 * k['locality']['in_scope_rate']:.1f} % | {100 * k['same_relation']['in_scope_rate']:.1f} % | "
+              f"{100 * k['unrelated']['in_scope_rate']:.1f} % |")
+    n = next(iter(results["detectors"].values()))["natural"]
+    print(f"\nPeople's wordings ({args.natural.name}: {n['edits']} edits in one memory, {n['edit_questions']} questions "
+          f"about an edit, {n['other_questions']} others)")
+    print("| detector | right edit | wrong edit | missed | false hits | detector ms p50 / p95 |")
+    print("|---|---|---|---|---|---|")
+    for name, r in results["detectors"].items():
+        m = r["natural"]
+        print(f"| {name} | {100 * m['recall']:.1f} % | {100 * m['wrong_edit']:.1f} % | {100 * m['missed']:.1f} % | "
+              f"{100 * m['false_hit_rate']:.1f} % | {m['detector_ms_p50']:.1f} / {m['detector_ms_p95']:.1f} |")
+    print(f"\ntotal {results['total_s']} s")
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(results, indent=2) + "\n")
     print(f"figures written to {args.results}")

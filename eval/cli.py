@@ -26,9 +26,10 @@ def add_eval_parser(commands: Any) -> None:
     kn.add_argument("--limit", type=int, help="evaluate only the first N cases")
     kn.add_argument("--batch", type=int, help="cases sharing one memory (default: all of them)")
     kn.add_argument("--scoring", choices=[*SCORINGS, "both"], default="both")
-    kn.add_argument("--scope", choices=["embedding", "cross-encoder"], default="embedding", help="SERAC scope classifier")
-    kn.add_argument("--scope-path", help="folder of a trained cross-encoder (default: the one bench/scope.py trains)")
-    kn.add_argument("-k", type=int, default=3, help="edits retrieved per question (default 3)")
+    kn.add_argument("--scope", choices=["edit", "embedding", "cross-encoder"], default="edit",
+                    help="the scope detector's classifier (default: edit, the shipped edit-aware one)")
+    kn.add_argument("--scope-path", help="folder of a head from 'memedit scope train' (edit) or of a trained cross-encoder")
+    kn.add_argument("-k", type=int, default=5, help="nearest edits considered per question (default 5)")
     kn.add_argument("--out", required=True, help="folder for summary.json, cases.jsonl and report.md")
     kn.add_argument("--threads", type=int, help="CPU threads for the model (default: torch's choice; use 1 per run "
                                                 "when running several evaluations at once)")
@@ -45,9 +46,10 @@ def add_eval_parser(commands: Any) -> None:
     mq.add_argument("--limit", type=int, help="ask only the first N cases")
     mq.add_argument("--questions", type=int, choices=[1, 2, 3], default=1, help="questions asked per case (default 1)")
     mq.add_argument("--max-hops", type=int, default=5, help="loop limit of MeLLo and PokeMQA (default 5)")
-    mq.add_argument("--detector", choices=["cross-encoder", "embedding"], default="cross-encoder",
-                    help="PokeMQA's second-stage scope detector (default: the cross-encoder bench/scope.py trains)")
-    mq.add_argument("--first-threshold", type=float, help="PokeMQA's first-stage cosine cut (default: the router's, 0.4)")
+    mq.add_argument("--detector", choices=["edit", "cross-encoder", "embedding"], default="edit",
+                    help="the scope detector's classifier for PokeMQA and MeLLo (default: edit, the shipped one)")
+    mq.add_argument("--first-threshold", type=float,
+                    help="PokeMQA's first-stage cosine cut (default: none for edit, 0.4 for the statement-only ones)")
     mq.add_argument("--out", required=True, help="folder: one sub-folder per router and k, plus the plot and a table")
     mq.add_argument("--threads", type=int, help="CPU threads for the model")
     mq.add_argument("--no-progress", action="store_true")
@@ -81,17 +83,17 @@ def cmd_mquake(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {}
     if args.router in ("mello", "pokemqa"):
         options["max_hops"] = args.max_hops
-    if args.router == "pokemqa":
+    if args.router in ("mello", "pokemqa"):
         from memedit.embeddings import get_embedder
-        from memedit.retrievers.serac import load_scope
-        options["detector"] = load_scope(args.detector, embedder=get_embedder())
-        if args.first_threshold is not None:
-            options["first_threshold"] = args.first_threshold
+        from memedit.retrievers.detector import load_classifier
+        options["detector" if args.router == "pokemqa" else "scope"] = load_classifier(args.detector, embedder=get_embedder())
+    if args.router == "pokemqa":
+        options["first_threshold"] = _first_threshold(args)
     root = Path(args.out)
     for k in args.k:
         settings = {"benchmark": "mquake", "data": args.data, "router": args.router, "model": args.model,
                     "max_hops": args.max_hops if args.router != "ike" else None,
-                    "detector": args.detector if args.router == "pokemqa" else None,
+                    "detector": args.detector if args.router in ("mello", "pokemqa") else None,
                     "first_threshold": _first_threshold(args) if args.router == "pokemqa" else None,
                     "command": "memedit " + " ".join(shlex.quote(a) for a in sys.argv[1:])}
         out = root / f"{args.router}-{Path(args.model).name}-k{k}"
@@ -106,10 +108,12 @@ def cmd_mquake(args: argparse.Namespace) -> int:
     return 0
 
 
-def _first_threshold(args: argparse.Namespace) -> float:
+def _first_threshold(args: argparse.Namespace) -> float | None:
     from memedit.retrievers.pokemqa import FIRST_THRESHOLD
 
-    return args.first_threshold if args.first_threshold is not None else FIRST_THRESHOLD
+    if args.first_threshold is not None:
+        return args.first_threshold
+    return None if args.detector == "edit" else FIRST_THRESHOLD
 
 
 def mquake_table(summaries: list[dict[str, Any]]) -> str:
@@ -137,21 +141,18 @@ def cmd_knowedit(args: argparse.Namespace) -> int:
         dataset = args.dataset or detect_dataset(args.data)
         cases = load_knowedit(args.data, limit=args.limit, dataset=dataset)
     model = load_model(args.model)
-    scope = None
-    if args.router == "serac":
-        from memedit.embeddings import get_embedder
-        from memedit.retrievers.serac import load_scope
-        scope = load_scope(args.scope, embedder=get_embedder(), path=args.scope_path)
+    from memedit.embeddings import get_embedder
+    from memedit.retrievers.detector import load_classifier
+    scope = load_classifier(args.scope, embedder=get_embedder(), path=args.scope_path)
 
     def router_for(memory):
-        options: dict[str, Any] = {"k": args.k} if scope is None else {"k": args.k, "scope": scope}
-        return make_router(args.router, model, memory, **options)
+        return make_router(args.router, model, memory, k=args.k, scope=scope)
 
     scorings = SCORINGS if args.scoring == "both" else (args.scoring,)
     started = time.time()
     summary, rows = evaluate(cases, router_for, scorings=scorings, batch_size=args.batch, progress=not args.no_progress)
     meta = {"benchmark": "knowedit", "dataset": dataset, "data": args.data, "model": args.model, "router": args.router,
-            "scope": args.scope if args.router == "serac" else None, "k": args.k, "cases": len(cases),
+            "scope": args.scope, "k": args.k, "cases": len(cases),
             "batch": args.batch or len(cases), "scoring": ", ".join(scorings), "seconds": round(time.time() - started, 1),
             "command": "memedit " + " ".join(shlex.quote(a) for a in sys.argv[1:])}
     paths = write_report(args.out, summary, meta, rows)

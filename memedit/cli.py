@@ -1,5 +1,6 @@
 """The ``memedit`` command line: add, import, list, search, history, retract, export, stats,
-ask and chat (a model answering through the memory), consolidate (into the weights), eval."""
+ask and chat (a model answering through the memory), consolidate (into the weights), eval,
+scope (train or evaluate the scope detector)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from .edit import Edit
 from .errors import ImportFailed, MemeditError
 from .memory import DEFAULT_DB, DEFAULT_NAMESPACE, Memory
 from .param_editors.cli import cmd_consolidate
-from .store import STATUSES, Event, StoredEdit
+from .store import STATUSES, Event
 
 
 def _global_options(defaults: bool) -> argparse.ArgumentParser:
@@ -94,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from memedit.eval.cli import add_eval_parser
     add_eval_parser(commands)
+
+    from memedit.retrievers.scope_cli import add_scope_parser
+    add_scope_parser(commands)
     return parser
 
 
@@ -103,6 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "eval":
             from memedit.eval.cli import cmd_eval
             return cmd_eval(args)
+        if args.command == "scope":
+            from memedit.retrievers.scope_cli import cmd_scope
+            return cmd_scope(args)
         with Memory(args.db, namespace=args.namespace) as memory:
             return COMMANDS[args.command](memory, args)
     except ImportFailed as err:

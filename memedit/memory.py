@@ -265,6 +265,12 @@ class Memory:
                 if rid in rows and rows[rid]["status"] == "active"]
 
     @_locked
+    def revision(self) -> int:
+        """The number of the namespace's latest event: it changes whenever an edit is added,
+        retracted, superseded, restored or consolidated (derived indexes key on it)."""
+        return self._store.max_seq(self.namespace)
+
+    @_locked
     def history(self, edit_id: str | None = None, limit: int | None = None) -> list[Event]:
         """The event log of one edit, or of the whole namespace, oldest first."""
         return self._store.history(self.namespace, edit_id, limit)

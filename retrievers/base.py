@@ -11,11 +11,12 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
-from memedit.memory import Hit, Memory
+from memedit.memory import Memory
 from memedit.models import LanguageModel, Prompt
 from memedit.store import StoredEdit
 
 from .demos import DEMOS, Demo
+from .detector import Decision
 
 DEFAULT_REFUSAL = "I don't know."
 ANSWER_SYSTEM = "Answer the question with a short phrase: the answer only, no explanation."
@@ -82,11 +83,6 @@ def check_history(history: Sequence[dict[str, str]]) -> list[dict[str, str]]:
     return turns
 
 
-def hit_record(hit: Hit, **decision: Any) -> dict[str, Any]:
-    return {"id": hit.edit.id, "kind": hit.edit.kind, "statement": hit.edit.statement,
-            "score": round(float(hit.score), 4), **decision}
-
-
 class Router:
     """Base class: retrieval, the unedited route, refusals, and running a plan.
 
@@ -113,13 +109,13 @@ class Router:
         self.system = system
         self.stop = tuple(stop)
 
-    def retrieve(self, question: str, trace: list[dict[str, Any]], vector=None) -> list[Hit]:
-        """The ``k`` nearest active edits, recorded in the trace."""
-        if vector is None:
-            vector = self.memory.embedder.encode_one(question)
-        hits = self.memory.search_vector(vector, k=self.k)
-        trace.append({"step": "retrieve", "k": self.k, "edits": [hit_record(h) for h in hits]})
-        return hits
+    def decide(self, question: str, trace: list[dict[str, Any]], vector=None) -> "Decision":
+        """The scope detector's decision for ``question`` (``self.detector``), with its
+        candidates and verdicts recorded in the trace."""
+        decision = self.detector.decide(question, vector)
+        trace.append(decision.retrieval_record(self.detector.k))
+        trace.append(decision.record())
+        return decision
 
     def messages(self, question_text: str, history: Sequence[dict[str, str]] = (),
                  demos: Sequence[dict[str, str]] = ()) -> list[dict[str, str]]:

@@ -21,10 +21,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from memedit.memory import Hit, Memory
+from memedit.memory import Memory
 from memedit.models import LanguageModel, Prompt
 
-from .base import Plan, Router, check_question, hit_record
+from .base import Plan, Router, check_question
 
 FACT_LINE = "Memory fact: "
 FINAL = "Final answer:"
@@ -200,10 +200,8 @@ class ChainRouter(Router):
         """One generated line after ``body`` (which ends right after a ``Name:``)."""
         return self._generate(body, stop=("\n",), max_new_tokens=24).strip()
 
-    def nearest(self, text: str) -> list[Hit]:
-        """The ``k`` active edits nearest to ``text``."""
-        return self.memory.search_vector(self.memory.embedder.encode_one(text), k=self.k)
 
-    @staticmethod
-    def edit_record(hit: Hit | None, **decision: Any) -> dict[str, Any] | None:
-        return hit_record(hit, **decision) if hit is not None else None
+
+def edit_record(edit: Any) -> dict[str, Any] | None:
+    """An edit as the trace shows it (None stays None)."""
+    return None if edit is None else {"id": edit.id, "kind": edit.kind, "statement": edit.statement}

@@ -58,6 +58,7 @@ class ScopePair:
     statement: str
     label: int
     kind: str = ""
+    edit: Any = None  # the edit itself (subject, prompt...), for detectors that read more than the statement
 
 
 def scope_pairs(cases: Sequence[Any], negatives_per_case: int = 2, seed: int = 0,
@@ -83,16 +84,16 @@ def scope_pairs(cases: Sequence[Any], negatives_per_case: int = 2, seed: int = 0
         statement = case.edit.statement
         for probe in case.probes:
             label = int(probe.metric in IN_SCOPE_METRICS)
-            pairs.append(ScopePair(probe.prompt, statement, label, probe.metric))
+            pairs.append(ScopePair(probe.prompt, statement, label, probe.metric, case.edit))
         subject = _subject_key(case)
         peers = [j for j in by_relation.get((case.edit.relation or "").casefold(), [])
                  if j != i and _subject_key(cases[j]) != subject]
         for j in rng.sample(peers, min(relation_negatives_per_case, len(peers))):
             prompts = [p.prompt for p in cases[j].by_metric("reliability")] or [cases[j].edit.statement]
-            pairs.append(ScopePair(prompts[0], statement, 0, "same_relation"))
+            pairs.append(ScopePair(prompts[0], statement, 0, "same_relation", case.edit))
         for j in _other_cases(cases, i, negatives_per_case, rng):
             prompts = [p.prompt for p in cases[j].probes] or [cases[j].edit.statement]
-            pairs.append(ScopePair(rng.choice(prompts), statement, 0, "unrelated"))
+            pairs.append(ScopePair(rng.choice(prompts), statement, 0, "unrelated", case.edit))
     return pairs
 
 

@@ -1,27 +1,28 @@
-"""SERAC: a scope classifier decides whether a question falls under a stored edit.
+"""SERAC: the scope detector decides whether a question falls under a stored edit.
 
 In scope, a counterfactual answer comes from the model conditioned on that one edit
-(quoted, after a few copy and update demonstrations); out of scope, the unedited model
-answers with exactly the prompt it would have had without the memory. The classifier is
-cosine similarity with a calibrated threshold (``scope="embedding"``) or a cross-encoder
-trained on KnowEdit-style data (``scope="cross-encoder"``, see ``bench/scope.py``).
+(quoted, after a few copy and update demonstrations, one of which asks a step beyond its
+fact); out of scope, the unedited model answers with exactly the prompt it would have had
+without the memory. The detector is :class:`~memedit.retrievers.detector.ScopeDetector`
+with the edit-aware classifier by default (``scope="edit"``); ``"embedding"`` (cosine)
+and ``"cross-encoder"`` (trained by ``bench/scope.py``) are the statement-only ones.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
-
 from pathlib import Path
+from typing import Any, Sequence
 
 from memedit.memory import Memory
 from memedit.model_files import cache_dir
 from memedit.models import LanguageModel
 
-from .base import Plan, Router, demo_turns, hit_record
+from .base import Plan, Router, demo_turns
 from .demos import by_kind
+from .detector import ScopeDetector
 from .scope import CrossEncoderScope, EmbeddingScope, ScopeClassifier
 
-SCOPES = ("embedding", "cross-encoder")
+SCOPES = ("edit", "embedding", "cross-encoder")
 # Cosine threshold of the embedding classifier, calibrated (F1-max) by bench/scope.py on
 # KnowEdit training cases; the cross-encoder stores its own threshold next to its weights.
 EMBEDDING_THRESHOLD = 0.701
@@ -33,7 +34,7 @@ def default_scope_path() -> Path:
 
 
 def load_scope(kind: str, embedder=None, path: str | Path | None = None) -> ScopeClassifier:
-    """The scope classifier called ``kind``: ``embedding`` or ``cross-encoder`` (from ``path``)."""
+    """The statement-only classifier called ``kind``: ``embedding`` or ``cross-encoder`` (from ``path``)."""
     if kind == "embedding":
         return EmbeddingScope(embedder, threshold=EMBEDDING_THRESHOLD)
     if kind == "cross-encoder":
@@ -42,25 +43,24 @@ def load_scope(kind: str, embedder=None, path: str | Path | None = None) -> Scop
 
 
 class SERACRouter(Router):
+    """SERAC over ``memory``: ``scope`` is ``"edit"`` (default), ``"embedding"``,
+    ``"cross-encoder"`` or a classifier object; ``k`` the nearest edits it considers besides
+    those whose subject the question names; ``threshold`` overrides the classifier's."""
+
     name = "serac"
 
-    def __init__(self, model: LanguageModel, memory: Memory, scope: str | ScopeClassifier = "embedding",
-                 k: int = 3, threshold: float | None = None, **options) -> None:
+    def __init__(self, model: LanguageModel, memory: Memory, scope: str | Any = "edit",
+                 k: int = 5, threshold: float | None = None, **options) -> None:
         super().__init__(model, memory, k=k, **options)
-        self.scope = load_scope(scope, embedder=memory.embedder) if isinstance(scope, str) else scope
-        if threshold is not None:
-            self.scope.threshold = threshold
-        self.demos = demo_turns(by_kind("copy")[:2] + by_kind("update")[:2])
+        self.detector = ScopeDetector(memory, scope, k=k, threshold=threshold)
+        update = by_kind("update")
+        # Two copies, a paraphrase, and a question one step beyond its fact (the Eiffel Tower
+        # in Rome, so the capital of which country?): a fact in scope is used, not only copied.
+        self.demos = demo_turns(by_kind("copy")[:2] + [update[0], next(d for d in update if "capital of which" in d.question)])
 
     def plan(self, question: str, history: Sequence[dict[str, str]] = ()) -> Plan:
         trace: list[dict] = []
-        hits = self.retrieve(question, trace)
-        scores = self.scope.scores(question, [h.edit.statement for h in hits]) if hits else []
-        ranked = sorted(zip(scores, range(len(hits))), reverse=True)
-        trace.append({"step": "scope", "classifier": self.scope.name, "threshold": self.scope.threshold,
-                      "edits": [hit_record(h, scope_score=round(float(s), 4), in_scope=bool(s >= self.scope.threshold))
-                                for h, s in zip(hits, scores)]})
-        in_scope = [hits[i].edit for s, i in ranked if s >= self.scope.threshold]
-        if not in_scope:
+        decision = self.decide(question, trace)
+        if decision.best is None:
             return self.base_plan(question, trace, history)
-        return self.edited_plan(question, in_scope[:1], self.demos, len(self.demos) // 2, trace, history)
+        return self.edited_plan(question, [decision.best], self.demos, len(self.demos) // 2, trace, history)

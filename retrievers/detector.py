@@ -1,0 +1,459 @@
+"""The scope detector: which stored edit, if any, a question falls under. Every router asks it.
+
+Two pieces:
+
+- :class:`EditScope` judges one question against given edits. For a triple edit it asks
+  *is the question about this entity?* (the subject, or a name other edits give it, found
+  by :mod:`.entities` in any casing, with accents, possessives, a typo or part of the
+  name) and *does it ask this relation of it?* (the question with the entity masked out
+  against the edit's prompt, both embedded with the packaged MiniLM). A small head (an
+  MLP over those embeddings and match features, a few hundred kB, shipped in
+  ``retrievers/data`` with its SHA-256, reproduced by ``memedit scope train``) turns
+  them into a calibrated probability. A free-text edit is judged on its statement.
+- :class:`ScopeDetector` gathers the candidates of a question (the memory's nearest
+  edits, plus every active edit whose subject the question names) and returns a
+  :class:`Decision`: the edits in scope, best first, and a trace record with each
+  candidate's score and the reason.
+
+The statement-only classifiers of :mod:`.scope` (cosine, cross-encoder) plug into the same
+detector through :class:`StatementScope`, so that benchmarks compare them on one path.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from memedit.edit import fill_prompt
+from memedit.embeddings import DEFAULT_EMBEDDER, sha256_file
+from memedit.errors import ModelPackageError
+
+from .entities import (KINDS, answer_clash, Mention, find_mention, fold, mask, mask_prompt, mentions_text, name_likeness, name_tokens,
+                       tokens)
+
+HEAD_DIR = Path(__file__).parent / "data"
+HEAD_FILE = "scope_head.safetensors"
+HEAD_META = "scope_head.json"
+TRAIN_COMMAND = "memedit scope train"
+SCALARS = ("relation", "answer", "clash", "statement", "prompt", *(f"mention_{k}" for k in ("none", *KINDS)), "coverage", "typos", "name_likeness",
+           "target_named", "free_text", "question_length")
+
+
+@dataclass
+class Verdict:
+    """The detector's judgement of one (question, edit) pair."""
+
+    edit: Any
+    score: float
+    in_scope: bool
+    reason: dict[str, Any] = field(default_factory=dict)
+
+    def record(self) -> dict[str, Any]:
+        edit = self.edit
+        out = {"id": getattr(edit, "id", None), "kind": edit.kind, "statement": edit.statement}
+        if "cosine" in self.reason:
+            out["score"] = self.reason["cosine"]
+        return {**out, "scope_score": round(float(self.score), 4), "in_scope": bool(self.in_scope), **self.reason}
+
+
+@dataclass
+class Decision:
+    """What the detector decided for a question: ``applied`` (in scope, best first), every
+    ``verdict`` (best first), and the record that goes into ``Answer.trace``."""
+
+    question: str
+    verdicts: list[Verdict]
+    detector: str
+    threshold: float
+
+    @property
+    def applied(self) -> list[Any]:
+        return [v.edit for v in self.verdicts if v.in_scope]
+
+    @property
+    def best(self) -> Any | None:
+        applied = self.applied
+        return applied[0] if applied else None
+
+    def record(self) -> dict[str, Any]:
+        return {"step": "scope", "detector": self.detector, "threshold": round(float(self.threshold), 4),
+                "edits": [v.record() for v in self.verdicts],
+                "decision": getattr(self.best, "id", None)}
+
+    def retrieval_record(self, k: int) -> dict[str, Any]:
+        """The trace step of the candidates: the nearest edits (with their cosine), then the named ones."""
+        nearest = [v for v in self.verdicts if v.reason.get("retrieval") == "nearest"]
+        nearest.sort(key=lambda v: -v.reason["cosine"])
+        named = [v for v in self.verdicts if v.reason.get("retrieval") == "named"]
+        rows = [{"id": v.edit.id, "kind": v.edit.kind, "statement": v.edit.statement, "score": v.reason["cosine"]}
+                for v in nearest]
+        rows += [{"id": v.edit.id, "kind": v.edit.kind, "statement": v.edit.statement, "named": v.reason.get("mention")}
+                 for v in named]
+        return {"step": "retrieve", "k": k, "edits": rows}
+
+
+# ---------------------------------------------------------------- the head
+
+
+class Head:
+    """An MLP (one hidden layer, ReLU) from a pair's features (the ``columns`` it reads, when
+    given) to a logit, in numpy."""
+
+    def __init__(self, weights: dict[str, np.ndarray]) -> None:
+        self.w1, self.b1 = weights["w1"].astype(np.float32), weights["b1"].astype(np.float32)
+        self.w2, self.b2 = weights["w2"].astype(np.float32), weights["b2"].astype(np.float32)
+        self.mean, self.std = weights["mean"].astype(np.float32), weights["std"].astype(np.float32)
+        self.columns = weights["columns"].astype(np.int64) if "columns" in weights else None
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        if self.columns is not None:
+            x = x[:, self.columns]
+        hidden = np.maximum(((x - self.mean) / self.std) @ self.w1 + self.b1, 0.0)
+        return hidden @ self.w2 + self.b2
+
+    def probabilities(self, x: np.ndarray) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-np.clip(self.logits(x), -30, 30)))
+
+
+def load_head(folder: str | Path | None = None) -> tuple[Head, dict[str, Any]]:
+    """The head in ``folder`` (default: the one shipped with memedit), checked against the
+    SHA-256 in its ``scope_head.json``; ModelPackageError when missing or changed."""
+    from safetensors.numpy import load_file
+
+    folder = Path(folder) if folder is not None else HEAD_DIR
+    fix = f"rebuild it with: {TRAIN_COMMAND} --out {folder}"
+    meta_path, weights = folder / HEAD_META, folder / HEAD_FILE
+    if not meta_path.is_file() or not weights.is_file():
+        raise ModelPackageError(f"{folder} holds no scope detector head ({HEAD_META} and {HEAD_FILE}); {fix}")
+    try:
+        meta = json.loads(meta_path.read_text())
+        expected, threshold = meta["sha256"], float(meta["threshold"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelPackageError(f"{meta_path} is damaged ({exc!r}); {fix}") from None
+    digest = sha256_file(weights)
+    if digest != expected:
+        raise ModelPackageError(f"{weights} has SHA-256 {digest}, but {HEAD_META} expects {expected}: "
+                                f"the scope detector head was damaged or changed; {fix}")
+    if meta.get("embedder") != DEFAULT_EMBEDDER or meta.get("scalars") != list(SCALARS):
+        raise ModelPackageError(f"{meta_path} was made for other features or another embedder; {fix}")
+    meta["threshold"] = threshold
+    return Head(load_file(str(weights))), meta
+
+
+# ---------------------------------------------------------------- judging pairs
+
+
+class EditScope:
+    """Judges (question, edit) pairs from the edit's subject, relation and statement.
+
+    ``embedder`` is the memory's (MiniLM); ``folder`` a head saved by ``memedit scope
+    train`` (default: the shipped one); ``threshold`` overrides the calibrated one.
+    """
+
+    name = "edit"
+
+    def __init__(self, embedder: Any = None, folder: str | Path | None = None, threshold: float | None = None,
+                 head: Head | None = None, meta: dict[str, Any] | None = None) -> None:
+        if head is None:
+            head, meta = load_head(folder)
+        self.head, self.meta = head, dict(meta or {})
+        self.threshold = float(threshold if threshold is not None else self.meta.get("threshold", 0.5))
+        self._embedder = embedder
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def embedder(self) -> Any:
+        if self._embedder is None:
+            from memedit.embeddings import get_embedder
+
+            self._embedder = get_embedder(DEFAULT_EMBEDDER)
+        return self._embedder
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Embeddings of ``texts``, each computed once (an LRU cache of 50,000 texts)."""
+        with self._lock:
+            missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        if missing:
+            fresh = self.embedder.encode(missing)
+            with self._lock:
+                for text, vector in zip(missing, fresh):
+                    self._cache[text] = vector
+                while len(self._cache) > 50_000:
+                    self._cache.popitem(last=False)
+        with self._lock:
+            out = [self._cache[t] for t in texts]
+            for t in texts:
+                self._cache.move_to_end(t)
+        return np.stack(out) if out else np.zeros((0, self.embedder.dim), np.float32)
+
+    def prepare(self, edits: Sequence[Any]) -> None:
+        """Embed the texts of ``edits`` that every question about them needs, in large batches
+        (the memory's detector does this when its edits change, not while a question waits)."""
+        texts = []
+        for e in edits:
+            texts += [e.statement, _mask_subject(e)]
+            if e.subject is not None:
+                texts += [mask_prompt(e.prompt), fill_prompt(e.prompt, e.subject)]
+        self.embed(list(dict.fromkeys(texts)))
+
+    def remember(self, text: str, vector: np.ndarray) -> None:
+        """Cache an embedding computed elsewhere (the question's, from retrieval)."""
+        with self._lock:
+            self._cache[text] = np.asarray(vector, dtype=np.float32)
+
+    def judge(self, question: str, edits: Sequence[Any], names: dict[str, list[str]] | None = None) -> list[Verdict]:
+        """A verdict per edit, in the given order. ``names`` maps a folded subject to other
+        names of that entity (from :class:`NameIndex`)."""
+        if not edits:
+            return []
+        features, reasons = self.features(question, edits, names)
+        scores = self.head.probabilities(features)
+        return [Verdict(e, float(s), bool(s >= self.threshold), r) for e, s, r in zip(edits, scores, reasons)]
+
+    def features(self, question: str, edits: Sequence[Any], names: dict[str, list[str]] | None = None
+                 ) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """The head's input for each (question, edit) and the human-readable reason."""
+        found, plans, texts = self.texts(question, edits, names)
+        vectors = self.embed(texts)
+        q = vectors[0]
+        statements = vectors[1 + 3 * len(edits):1 + 4 * len(edits)]
+        answers = vectors[1 + 4 * len(edits):]
+        rows, reasons = [], []
+        length = np.log1p(len(found))
+        for i, (edit, (mention, _, _, _)) in enumerate(zip(edits, plans)):
+            asked, relation, filled = vectors[1 + 3 * i: 4 + 3 * i]
+            kind = mention.kind if mention else "none"
+            scalars = {
+                "relation": float(asked @ relation), "answer": float(asked @ answers[i]),
+                "clash": answer_clash(question, edit.target), "statement": float(q @ statements[i]), "prompt": float(q @ filled),
+                **{f"mention_{k}": float(kind == k) for k in ("none", *KINDS)},
+                "coverage": mention.coverage if mention else 0.0, "typos": float(mention.typos) if mention else 0.0,
+                "name_likeness": name_likeness(question, edit.prompt, edit.subject) if edit.subject else 0.0,
+                "target_named": float(bool(edit.target) and mentions_text(question, edit.target)),
+                "free_text": float(edit.subject is None), "question_length": float(length),
+            }
+            rows.append(np.concatenate([asked * relation, np.array([scalars[k] for k in SCALARS], np.float32)]))
+            reason: dict[str, Any] = {"entity": kind if edit.subject is not None else "free text",
+                                      "relation_score": round(scalars["relation"], 4)}
+            if mention:
+                reason["mention"] = question[mention.start:mention.end]
+            reasons.append(reason)
+        return np.stack(rows).astype(np.float32), reasons
+
+    @staticmethod
+    def texts(question: str, edits: Sequence[Any], names: dict[str, list[str]] | None = None) -> tuple[list, list, list[str]]:
+        """(question tokens, per edit (mention, masked question, relation text, filled prompt),
+        every text to embed: the question, three per edit, the statements, then the
+        statements with their subject masked)."""
+        found = tokens(question)
+        plans = []
+        for edit in edits:
+            if edit.subject is None:
+                plans.append((None, question, edit.statement, edit.statement))
+                continue
+            mention = best_mention(question, found, [edit.subject, *(names or {}).get(fold(edit.subject), [])])
+            asked = mask(question, mention) if mention else question
+            plans.append((mention, asked, mask_prompt(edit.prompt), fill_prompt(edit.prompt, edit.subject)))
+        texts = [question] + [t for _, asked, relation, filled in plans for t in (asked, relation, filled)]
+        return found, plans, texts + [e.statement for e in edits] + [_mask_subject(e) for e in edits]
+
+    def pair_scores(self, pairs: Sequence[Any]) -> np.ndarray:
+        """Scores of labelled pairs (``ScopePair`` with ``edit``), for benchmarks."""
+        self.embed(list(dict.fromkeys(t for p in pairs for t in self.texts(p.question, [p.edit])[2])))
+        return np.array([self.judge(p.question, [p.edit])[0].score for p in pairs], dtype=np.float32)
+
+
+def _mask_subject(edit: Any) -> str:
+    """The edit's statement with its subject masked (a free-text statement as it is)."""
+    if edit.subject is None:
+        return edit.statement
+    mention = find_mention(edit.statement, edit.subject)
+    return mask(edit.statement, mention) if mention else edit.statement
+
+
+def best_mention(question: str, found: list, names: Iterable[str]) -> Mention | None:
+    best = None
+    for name in names:
+        mention = find_mention(question, name, found)
+        if mention is not None and (best is None or mention.strength > best.strength):
+            best = mention
+    return best
+
+
+class StatementScope:
+    """A statement-only classifier of :mod:`.scope` (``EmbeddingScope``, ``CrossEncoderScope``)
+    behind the detector's ``judge``."""
+
+    def __init__(self, classifier: Any) -> None:
+        self.classifier = classifier
+        self.name = classifier.name
+
+    @property
+    def threshold(self) -> float:
+        return self.classifier.threshold
+
+    @threshold.setter
+    def threshold(self, value: float) -> None:
+        self.classifier.threshold = float(value)
+
+    def judge(self, question: str, edits: Sequence[Any], names: Any = None) -> list[Verdict]:
+        scores = self.classifier.scores(question, [e.statement for e in edits]) if edits else []
+        return [Verdict(e, float(s), bool(s >= self.threshold)) for e, s in zip(edits, scores)]
+
+    def pair_scores(self, pairs: Sequence[Any]) -> np.ndarray:
+        return self.classifier.pair_scores(pairs)
+
+
+# ---------------------------------------------------------------- candidates from the memory
+
+
+class NameIndex:
+    """The active triple edits of one namespace by the names of their subjects: a derived
+    index rebuilt whenever the memory's event log moves on. A subject's names are itself
+    and the aliases of any edit whose target is that subject."""
+
+    def __init__(self) -> None:
+        self.revision: int | None = None
+        self.by_token: dict[str, set[int]] = {}
+        self.edits: list[Any] = []
+        self.names: dict[str, list[str]] = {}
+        self._lock = threading.Lock()
+
+    def refresh(self, memory: Any) -> bool:
+        """Rebuild from ``memory`` if its event log moved on; True when it did."""
+        revision = memory.revision()
+        if revision == self.revision:
+            return False
+        with self._lock:
+            edits = [e for e in memory.list() if e.subject is not None]
+            aliases: dict[str, list[str]] = {}
+            for e in edits:
+                if e.target and e.aliases:
+                    aliases.setdefault(fold(e.target), []).extend(e.aliases)
+            names = {fold(e.subject): list(dict.fromkeys(aliases.get(fold(e.subject), []))) for e in edits}
+            by_token: dict[str, set[int]] = {}
+            for i, e in enumerate(edits):
+                for name in [e.subject, *names[fold(e.subject)]]:
+                    for token in name_tokens(name):
+                        for key in _keys(token):
+                            by_token.setdefault(key, set()).add(i)
+            self.edits, self.names, self.by_token, self.revision = edits, names, by_token, revision
+        return True
+
+    def named_in(self, question: str, limit: int = 50) -> list[Any]:
+        """Active triple edits whose subject (or one of its names) the question may name:
+        a shared token, or a token one typo away. ``find_mention`` confirms it later."""
+        found: dict[int, int] = {}
+        for token, _, _ in tokens(question):
+            for key in _keys(token):
+                for i in self.by_token.get(key, ()):
+                    found[i] = found.get(i, 0) + 1
+        ranked = sorted(found, key=lambda i: -found[i])[:limit]
+        return [self.edits[i] for i in ranked]
+
+
+def _keys(token: str) -> list[str]:
+    """The token and, for tokens of five letters or more, each one-letter deletion (so a
+    typo of one letter still shares a key). Short function words are no key."""
+    if len(token) < 2 or token in _COMMON:
+        return []
+    if len(token) < 5:
+        return [token]
+    return [token] + [token[:i] + token[i + 1:] for i in range(len(token))]
+
+
+_COMMON = frozenset("""a an and at by de del der for from in of on or the to van von with is was are were be
+what who whom whose which where when why how does did do has have had it its this that these those""".split())
+
+
+class ScopeDetector:
+    """The one scope decision every router uses.
+
+    ``classifier`` is an :class:`EditScope` (the default) or a :class:`StatementScope`;
+    ``k`` the nearest edits retrieved per question, joined by the edits whose subject the
+    question names (``by_name``).
+    """
+
+    def __init__(self, memory: Any, classifier: Any = "edit", k: int = 5, by_name: bool | None = None,
+                 threshold: float | None = None, min_cosine: float | None = None) -> None:
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"k must be a whole number of 1 or more, got {k!r}")
+        self.memory = memory
+        self.classifier = load_classifier(classifier, embedder=memory.embedder)
+        if threshold is not None:
+            self.classifier.threshold = float(threshold)
+        self.k = k
+        # Statement-only classifiers judge what retrieval found, as they always have.
+        self.by_name = isinstance(self.classifier, EditScope) if by_name is None else by_name
+        self.min_cosine = min_cosine
+        self.names = NameIndex()
+
+    @property
+    def name(self) -> str:
+        return self.classifier.name
+
+    @property
+    def threshold(self) -> float:
+        return self.classifier.threshold
+
+    def candidates(self, question: str, vector: np.ndarray | None = None) -> tuple[list[Any], dict[str, float]]:
+        """(candidate edits, their retrieval cosine by id): the ``k`` nearest, then the named ones."""
+        if vector is None:
+            vector = self.memory.embedder.encode_one(question)
+        hits = [h for h in self.memory.search_vector(vector, k=self.k)
+                if self.min_cosine is None or h.score >= self.min_cosine]
+        edits = [h.edit for h in hits]
+        cosine = {h.edit.id: float(h.score) for h in hits}
+        if self.by_name:
+            if self.names.refresh(self.memory) and hasattr(self.classifier, "prepare"):
+                self.classifier.prepare(self.names.edits)
+            for edit in self.names.named_in(question):
+                if edit.id not in cosine:
+                    edits.append(edit)
+                    cosine[edit.id] = float("nan")
+        return edits, cosine
+
+    def decide(self, question: str, vector: np.ndarray | None = None, edits: Sequence[Any] | None = None) -> Decision:
+        """Judge the question against its candidates (or the given ``edits``), best first."""
+        cosine: dict[str, float] = {}
+        if edits is None:
+            if vector is None:
+                vector = self.memory.embedder.encode_one(question)
+            edits, cosine = self.candidates(question, vector)
+        names = self.names.names if self.by_name else None
+        if isinstance(self.classifier, EditScope) and vector is not None:
+            self.classifier.remember(question, vector)
+        verdicts = self.classifier.judge(question, list(edits), names)
+        for v in verdicts:
+            c = cosine.get(getattr(v.edit, "id", None))
+            if c is not None:
+                v.reason["retrieval"] = "nearest" if c == c else "named"
+                if c == c:
+                    v.reason["cosine"] = round(c, 4)
+        verdicts.sort(key=lambda v: -v.score)
+        return Decision(question, verdicts, self.name, self.threshold)
+
+
+DETECTORS = ("edit", "embedding", "cross-encoder")
+
+
+def load_classifier(kind: str | Any, embedder: Any = None, path: str | Path | None = None) -> Any:
+    """A classifier for :class:`ScopeDetector`: ``"edit"`` (the default detector; ``path`` a
+    head folder), ``"embedding"`` or ``"cross-encoder"`` (``path`` its folder), or an object
+    with ``judge`` (used as it is) or with ``scores`` (wrapped)."""
+    if not isinstance(kind, str):
+        return kind if hasattr(kind, "judge") else StatementScope(kind)
+    if kind == "edit":
+        return EditScope(embedder, folder=path)
+    if kind in ("embedding", "cross-encoder"):
+        from .serac import load_scope
+
+        return StatementScope(load_scope(kind, embedder=embedder, path=path))
+    raise ValueError(f"unknown scope detector {kind!r}; choose one of: {', '.join(DETECTORS)}")

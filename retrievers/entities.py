@@ -1,0 +1,237 @@
+"""Finding an entity's name in a question: casing, accents, possessives, typos, partial names.
+
+Names and questions are compared as *folded tokens*: Unicode NFKD with the accents
+dropped, case-folded, possessive ``'s`` removed, split on anything that is not a letter or
+a digit. A name is found in a question as
+
+- ``exact``: its tokens appear in a row ("who employs marisol quenby's ...");
+- ``fuzzy``: in a row, with one typo (an edit of one letter, a swap of two) in a token
+  of five letters or more (two typos for names of three tokens or more);
+- ``partial``: a run of the question's tokens of the name (up to two other words inside), covering at
+  least half of its significant tokens ("Emily Jones" for "Emily I Jones", "Quenby" for
+  "Marisol Quenby", "Defer GL" for "G.L. Defer");
+- ``weak``: an exact match of a one-token name that the question writes in lower case
+  while the name is capitalised ("will" for a person called "Will"): often a common word.
+
+:func:`find_mention` returns the best :class:`Mention` (with its character span, so that
+the question can be masked) or None. This module only matches text; deciding what a
+mention means is the scope detector's job.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Sequence
+
+_TOKEN = re.compile(r"[^\W_]+", re.UNICODE)
+STOPWORDS = frozenset("a an and at by de del der for from in of on or the to van von with".split())
+KINDS = ("exact", "fuzzy", "partial", "weak")
+PLACEHOLDER = "X"
+MAX_QUESTION_TOKENS = 400
+MAX_GAP = 2  # a partial name may have up to two other words inside it ("Ken Diston Lipenga" for "Ken Lipenga")  # longer questions are matched on their first 400 tokens
+
+
+@dataclass(frozen=True)
+class Mention:
+    """Where a name occurs in a question: the character span, how it matched, and how much
+    of the name it covers (1.0 for exact and fuzzy matches)."""
+
+    start: int
+    end: int
+    kind: str
+    coverage: float = 1.0
+    typos: int = 0
+
+    @property
+    def strength(self) -> float:
+        """A single number for ranking mentions: exact > fuzzy > partial > weak."""
+        return {"exact": 3.0, "fuzzy": 2.0, "partial": 1.0, "weak": 0.5}[self.kind] + self.coverage
+
+
+def fold(text: str) -> str:
+    """Lower case without accents, possessives or punctuation-only differences."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    plain = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return plain.casefold()
+
+
+def tokens(text: str) -> list[tuple[str, int, int]]:
+    """(folded token, start, end) for each token of ``text``; spans index the original text."""
+    out = []
+    spans = _spans(text)
+    for start, end in spans[:MAX_QUESTION_TOKENS]:
+        folded = fold(text[start:end])
+        for piece in _TOKEN.findall(folded):
+            out.append((piece, start, end))
+    return out
+
+
+def _spans(text: str) -> list[tuple[int, int]]:
+    """Character spans of the words of ``text``, a trailing possessive left out."""
+    spans = []
+    for match in _TOKEN.finditer(text):
+        spans.append((match.start(), match.end()))
+    # A possessive "'s" makes its own token "s" after the apostrophe; drop it.
+    return [(s, e) for s, e in spans if not (text[e - 1:e] in "sS" and e - s == 1 and s > 0 and text[s - 1] in "'’`")]
+
+
+@lru_cache(maxsize=65_536)
+def name_tokens(name: str) -> tuple[str, ...]:
+    return tuple(t for t, _, _ in tokens(name))
+
+
+def _significant(name: tuple[str, ...]) -> list[str]:
+    chosen = [t for t in name if len(t) >= 3 and t not in STOPWORDS]
+    return chosen or [t for t in name if t not in STOPWORDS] or list(name)
+
+
+def typo_distance(a: str, b: str, limit: int = 1) -> int:
+    """Optimal string alignment distance (edits and swaps of neighbours), capped at ``limit + 1``."""
+    if a == b:
+        return 0
+    if abs(len(a) - len(b)) > limit:
+        return limit + 1
+    previous2: list[int] | None = None
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i] + [0] * len(b)
+        for j, cb in enumerate(b, 1):
+            cost = 0 if ca == cb else 1
+            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + cost)
+            if previous2 is not None and i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
+                current[j] = min(current[j], previous2[j - 2] + 1)
+        if min(current) > limit:
+            return limit + 1
+        previous2, previous = previous, current
+    return min(previous[-1], limit + 1)
+
+
+def find_mention(question: str, name: str, question_tokens: list[tuple[str, int, int]] | None = None) -> Mention | None:
+    """The best mention of ``name`` in ``question``, or None. ``question_tokens`` (from
+    :func:`tokens`) saves tokenising the same question for many names."""
+    wanted = name_tokens(name)
+    if not wanted:
+        return None
+    found = question_tokens if question_tokens is not None else tokens(question)
+    words = [t for t, _, _ in found]
+    n = len(wanted)
+    best: Mention | None = None
+    allowed = 2 if n >= 3 else 1
+    for i in range(len(words) - n + 1):
+        window = words[i:i + n]
+        if window == list(wanted):
+            kind = "exact"
+            if n == 1 and _lowered_capital(question[found[i][1]:found[i][2]], name):
+                kind = "weak"
+            mention = Mention(found[i][1], found[i + n - 1][2], kind)
+            if best is None or mention.strength > best.strength:
+                best = mention
+            if kind == "exact":
+                return best
+            continue
+        typos = 0
+        for got, want in zip(window, wanted):
+            if got == want:
+                continue
+            if len(want) < 5 or len(got) < 4:
+                typos = allowed + 1
+                break
+            typos += typo_distance(got, want)
+            if typos > allowed:
+                break
+        if typos <= allowed and (best is None or best.kind in ("partial", "weak")):
+            best = Mention(found[i][1], found[i + n - 1][2], "fuzzy", typos=typos)
+    if best is not None or n < 2:
+        return best
+    return _partial(found, wanted)
+
+
+def _lowered_capital(written: str, name: str) -> bool:
+    return name[:1].isupper() and written[:1].islower()
+
+
+def _partial(found: list[tuple[str, int, int]], wanted: tuple[str, ...]) -> Mention | None:
+    """The run of question tokens of the name (with at most ``MAX_GAP`` other tokens between
+    two of them) covering most of the name, if it covers at
+    least half of the name's significant tokens (and one of four letters or more)."""
+    vocabulary = set(wanted)
+    significant = set(_significant(wanted))
+    best: Mention | None = None
+    i = 0
+    while i < len(found):
+        if found[i][0] not in vocabulary:
+            i += 1
+            continue
+        j, last = i, i
+        while j < len(found) and (found[j][0] in vocabulary or (j - last <= MAX_GAP and j + 1 < len(found))):
+            if found[j][0] in vocabulary:
+                last = j
+            j += 1
+        j = last + 1
+        covered = {t for t, _, _ in found[i:j]} & significant
+        coverage = len(covered) / len(significant)
+        if coverage >= 0.5 and any(len(t) >= 4 for t in covered):
+            mention = Mention(found[i][1], found[j - 1][2], "partial", coverage=round(coverage, 3))
+            if best is None or mention.coverage > best.coverage:
+                best = mention
+        i = j
+    return best
+
+
+def mask(question: str, mention: Mention, placeholder: str = PLACEHOLDER) -> str:
+    """The question with the mentioned name replaced by ``placeholder``."""
+    return question[:mention.start] + placeholder + question[mention.end:]
+
+
+def mask_prompt(prompt: str, placeholder: str = PLACEHOLDER) -> str:
+    """An edit's cloze prompt with its ``{}`` replaced by ``placeholder``."""
+    return prompt.replace("{}", placeholder, 1)
+
+
+def mentions_text(question: str, text: str) -> bool:
+    """Whether ``text`` (an edit's target, say) occurs in ``question`` as whole folded tokens."""
+    wanted = name_tokens(text)
+    if not wanted:
+        return False
+    words = [t for t, _, _ in tokens(question)]
+    n = len(wanted)
+    return any(tuple(words[i:i + n]) == wanted for i in range(len(words) - n + 1))
+
+
+def trigrams(words: Sequence[str]) -> set[str]:
+    """Character trigrams of folded words, each padded with spaces."""
+    return {f" {w} "[i:i + 3] for w in words for i in range(len(w))}
+
+
+def name_likeness(question: str, prompt: str, name: str) -> float:
+    """How much what the question adds to the edit's prompt looks like the name: the Jaccard
+    similarity of character trigrams of the question's tokens that the prompt lacks and of
+    the name's tokens. High for a respelled or reordered name ("Defer GL" for "G.L. Defer")."""
+    template = set(name_tokens(prompt.replace("{}", " ")))
+    rest = [t for t, _, _ in tokens(question) if t not in template]
+    a, b = trigrams(rest), trigrams(name_tokens(name))
+    return len(a & b) / len(a | b) if a and b else 0.0
+
+
+_TIME_QUESTION = re.compile(r"\b(when|what year|which year|what date|which date|how old|since when|in what year)\b", re.I)
+_NUMBER_QUESTION = re.compile(r"\b(how many|how much|how long|how tall|how high|how big|what number)\b", re.I)
+_ENTITY_QUESTION = re.compile(r"\b(who|whom|whose|where)\b", re.I)
+_NUMERIC = re.compile(r"\d")
+
+
+def answer_clash(question: str, target: str | None) -> float:
+    """1.0 when the kind of answer the question asks for cannot be ``target``: a time or a
+    number asked, and the target has no digit; a person or a place asked ("who", "where"),
+    and the target is only a number or a date. 0.0 otherwise (or without a target)."""
+    if not target:
+        return 0.0
+    has_digit = bool(_NUMERIC.search(target))
+    if (_TIME_QUESTION.search(question) or _NUMBER_QUESTION.search(question)) and not has_digit:
+        return 1.0
+    only_number = has_digit and not re.search(r"[^\W\d_]{4,}", target)
+    if _ENTITY_QUESTION.search(question) and only_number and not _TIME_QUESTION.search(question):
+        return 1.0
+    return 0.0

@@ -1,0 +1,180 @@
+"""The scope detector: name matching, the shipped head, decisions over a memory, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from memedit.errors import ModelPackageError
+from memedit.eval.scope_eval import evaluate_scope, load_scope_questions
+from memedit.retrievers.detector import HEAD_DIR, EditScope, ScopeDetector, load_head
+from memedit.retrievers.entities import answer_clash, find_mention, mask, name_likeness
+
+NATURAL = Path(__file__).parent / "data" / "natural_scope.jsonl"
+
+
+# ---------------------------------------------------------------- names in questions
+
+
+@pytest.mark.parametrize("question, name, kind", [
+    ("Who employs Marisol Quenby?", "Marisol Quenby", "exact"),
+    ("who employs marisol quenby", "Marisol Quenby", "exact"),
+    ("What is Marisol Quenby's employer?", "Marisol Quenby", "exact"),
+    ("The occupation of Martin Solares is", "Martín Solares", "exact"),
+    ("Where does Marisol Quenbi work?", "Marisol Quenby", "fuzzy"),
+    ("Where does Marisol Qeunby work?", "Marisol Quenby", "fuzzy"),
+    ("The occupation of Emily Jones is", "Emily I Jones", "partial"),
+    ("The position held by Ken Diston Lipenga is", "Ken Lipenga", "partial"),
+    ("where does will work", "Will", "weak"),
+])
+def test_a_name_is_found_in_the_ways_people_write_it(question, name, kind):
+    mention = find_mention(question, name)
+    assert mention is not None and mention.kind == kind
+    assert "X" in mask(question, mention) and name.split()[-1].casefold()[:4] not in mask(question, mention).casefold()
+
+
+@pytest.mark.parametrize("question, name", [
+    ("Where is Lisbon?", "Lisbon Botanical Institute"),   # one word of three is not the entity
+    ("Who employs Marisol Quenby?", "Marisol Quimby-Lee"),
+    ("Where was Anna born?", "A"),                        # a one-letter subject is a whole, capital token
+    ("Where is Tavin?", "Tavn"),                          # no typos in names under five letters
+])
+def test_other_names_are_not_found(question, name):
+    assert find_mention(question, name) is None
+
+
+def test_a_name_spelled_another_way_looks_like_the_name_but_an_unrelated_one_does_not():
+    prompt = "The occupation of {} is"
+    assert name_likeness("The occupation of Defer GL is", prompt, "G.L. Defer") > 0.4
+    assert name_likeness("The occupation of Nadia Orlov is", prompt, "G.L. Defer") < 0.1
+
+
+def test_the_kind_of_answer_asked_for_must_fit_the_target():
+    assert answer_clash("When was Tamsin Heatherby born?", "Dunholme Cross") == 1.0
+    assert answer_clash("Where was Tamsin Heatherby born?", "1999") == 1.0
+    assert answer_clash("When was Quillmark founded?", "2009") == 0.0
+    assert answer_clash("Where does Marisol Quenby work?", "the Lisbon Botanical Institute") == 0.0
+
+
+# ---------------------------------------------------------------- the shipped head
+
+
+def test_the_shipped_head_loads_with_its_checksum():
+    head, meta = load_head()
+    assert 0 < meta["threshold"] < 1 and "KnowEdit ZsRE and WikiData_counterfact cases 200-799" in meta["data"]
+
+
+def test_a_changed_head_is_refused_with_the_command_that_rebuilds_it(tmp_path):
+    copy = tmp_path / "head"
+    shutil.copytree(HEAD_DIR, copy)
+    weights = copy / "scope_head.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ModelPackageError) as err:
+        load_head(copy)
+    assert "SHA-256" in str(err.value) and "memedit scope train --out" in str(err.value)
+    with pytest.raises(ModelPackageError, match="holds no scope detector head"):
+        load_head(tmp_path / "nowhere")
+    meta = json.loads((HEAD_DIR / "scope_head.json").read_text())
+    (copy / "scope_head.json").write_text(json.dumps({**meta, "scalars": ["relation"]}))
+    shutil.copy(HEAD_DIR / "scope_head.safetensors", weights)
+    with pytest.raises(ModelPackageError, match="other features"):
+        load_head(copy)
+
+
+# ---------------------------------------------------------------- decisions over a memory
+
+
+@pytest.fixture
+def scope(embedder):
+    return EditScope(embedder)
+
+
+@pytest.fixture
+def people(open_memory, db_path):
+    memory = open_memory(db_path, namespace="people")
+    work = memory.add(subject="Marisol Quenby", prompt="{} works for", target="the Lisbon Botanical Institute")
+    born = memory.add(subject="Marisol Quenby", prompt="{} was born in", target="Tavrin")
+    memory.add(subject="Halden Rovers", prompt="The home city of {} is", target="Oskarvik")
+    return memory, work, born
+
+
+def test_several_edits_about_one_subject_the_question_picks_the_relation(people, scope):
+    memory, work, born = people
+    detector = ScopeDetector(memory, scope)
+    assert detector.decide("Who does Marisol Quenby work for these days?").best.id == work.id
+    assert detector.decide("where was marisol quenby born").best.id == born.id
+    assert detector.decide("Who is the president of France?").best is None
+
+
+def test_a_new_edit_a_supersede_and_a_retraction_apply_at_the_next_question(people, scope):
+    memory, work, _ = people
+    detector = ScopeDetector(memory, scope)
+    question = "Who does Marisol Quenby work for?"
+    assert detector.decide(question).best.id == work.id
+    newer = memory.add(subject="Marisol Quenby", prompt="{} works for", target="Quillmark Systems")
+    assert detector.decide(question).best.id == newer.id
+    memory.retract(newer.id)
+    assert detector.decide(question).best.id == work.id
+    memory.retract(work.id)
+    assert detector.decide(question).best is None
+
+
+def test_an_edit_named_in_the_question_is_a_candidate_even_when_retrieval_misses_it(people, scope):
+    memory, work, _ = people
+    for i in range(30):
+        memory.add(statement=f"Marisol's team {i} works on ward {i} of the hospital.")
+    detector = ScopeDetector(memory, scope, k=1)
+    decision = detector.decide("Who employs Marisol Quenby?")
+    assert decision.best is not None and decision.best.id == work.id
+    assert decision.verdicts[0].reason["retrieval"] in ("nearest", "named")
+    assert decision.verdicts[0].reason["entity"] == "exact" and decision.verdicts[0].reason["mention"] == "Marisol Quenby"
+
+
+def test_another_namespace_is_never_a_candidate(people, scope):
+    memory, _, _ = people
+    other = memory.with_namespace("strangers")
+    detector = ScopeDetector(other, scope)
+    assert detector.decide("Who does Marisol Quenby work for?").verdicts == []
+
+
+@pytest.mark.parametrize("question", [
+    "Where does Marisol Quenby work? " + "filler " * 14_000,   # about 100,000 characters
+    "¿Dónde trabaja Marisol Quenby?",
+    "A",
+    "\u200b\u200b?",
+])
+def test_odd_questions_get_a_decision_and_a_reason(people, scope, question):
+    memory, _, _ = people
+    memory.add(subject="A", prompt="The letter {} is pronounced", target="ay")
+    memory.add(subject="Will", prompt="{} plays for", target="Halden Rovers")
+    decision = ScopeDetector(memory, scope).decide(question)
+    assert all("entity" in v.reason and "relation_score" in v.reason for v in decision.verdicts)
+    assert decision.record()["step"] == "scope"
+
+
+def test_a_common_word_that_is_also_a_subject_does_not_pull_questions_in(people, scope):
+    memory, _, _ = people
+    will = memory.add(subject="Will", prompt="{} plays for", target="Halden Rovers")
+    detector = ScopeDetector(memory, scope)
+    assert detector.decide("Will it rain in Oslo tomorrow?").best is None
+    assert detector.decide("Which club does Will play for?").best.id == will.id
+
+
+def test_an_empty_memory_decides_nothing(open_memory, db_path, scope):
+    decision = ScopeDetector(open_memory(db_path), scope).decide("Who does Marisol Quenby work for?")
+    assert decision.best is None and decision.verdicts == []
+
+
+def test_people_s_wordings_find_their_edit_and_leave_other_questions_alone(embedder, scope):
+    """The test part of our natural-wording set (the bench part is bench/data, which tests never read)."""
+    edits, questions = load_scope_questions(NATURAL)
+    result = evaluate_scope(edits, questions, scope, embedder=embedder)
+    assert result["edit_questions"] >= 100 and result["other_questions"] >= 100
+    assert result["recall"] >= 0.80, result["mistakes"]["missed"][:5]
+    assert result["wrong_edit"] <= 0.03, result["mistakes"]["wrong"][:5]
+    assert result["false_hit_rate"] <= 0.10, result["mistakes"]["false_hit"][:5]
