@@ -321,9 +321,9 @@ class NameIndex:
 
     def __init__(self) -> None:
         self.revision: int | None = None
-        self.by_token: dict[str, set[int]] = {}
-        self.edits: list[Any] = []
-        self.names: dict[str, list[str]] = {}
+        # (edits, names, by_token), replaced whole so that a reader in another thread never
+        # sees the token map of one revision with the edits of another.
+        self._state: tuple[list[Any], dict[str, list[str]], dict[str, set[int]]] = ([], {}, {})
         self._lock = threading.Lock()
 
     def refresh(self, memory: Any) -> bool:
@@ -344,19 +344,30 @@ class NameIndex:
                     for token in name_tokens(name):
                         for key in _keys(token):
                             by_token.setdefault(key, set()).add(i)
-            self.edits, self.names, self.by_token, self.revision = edits, names, by_token, revision
+            self._state, self.revision = (edits, names, by_token), revision
         return True
 
     def named_in(self, question: str, limit: int = 50) -> list[Any]:
         """Active triple edits whose subject (or one of its names) the question may name:
         a shared token, or a token one typo away. ``find_mention`` confirms it later."""
+        edits, _, by_token = self._state
         found: dict[int, int] = {}
         for token, _, _ in tokens(question):
             for key in _keys(token):
-                for i in self.by_token.get(key, ()):
+                for i in by_token.get(key, ()):
                     found[i] = found.get(i, 0) + 1
         ranked = sorted(found, key=lambda i: -found[i])[:limit]
-        return [self.edits[i] for i in ranked]
+        return [edits[i] for i in ranked]
+
+    @property
+    def edits(self) -> list[Any]:
+        """The active triple edits indexed."""
+        return self._state[0]
+
+    @property
+    def names(self) -> dict[str, list[str]]:
+        """Other names of each folded subject."""
+        return self._state[1]
 
 
 def _keys(token: str) -> list[str]:

@@ -178,3 +178,42 @@ def test_people_s_wordings_find_their_edit_and_leave_other_questions_alone(embed
     assert result["recall"] >= 0.80, result["mistakes"]["missed"][:5]
     assert result["wrong_edit"] <= 0.03, result["mistakes"]["wrong"][:5]
     assert result["false_hit_rate"] <= 0.10, result["mistakes"]["false_hit"][:5]
+
+
+# ---------------------------------------------------------------- training and the CLI
+
+
+def test_a_head_trained_on_template_pairs_is_saved_checked_and_reloaded(tmp_path, embedder):
+    from memedit.retrievers.scope_training import template_pairs, train
+
+    pairs = template_pairs(seed=0)[:600]
+    assert {p.label for p in pairs} == {0, 1} and pairs == template_pairs(seed=0)[:600]
+    scope = train(tmp_path / "head", pairs, embedder=embedder, progress=False)
+    again = EditScope(embedder, folder=tmp_path / "head")
+    assert again.threshold == pytest.approx(scope.threshold) and again.meta["sha256"] == scope.meta["sha256"]
+    assert again.meta["train_pairs"] >= 500
+    question = pairs[0].question
+    assert again.judge(question, [pairs[0].edit])[0].score == pytest.approx(scope.judge(question, [pairs[0].edit])[0].score)
+
+
+def test_scope_questions_with_a_bad_edit_index_name_the_line_and_field(tmp_path):
+    from memedit.eval.knowedit import DataError
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"id": "g", "edits": [{"subject": "Zed", "prompt": "{} plays", "target": "chess"}],
+                               "questions": [{"q": "What does Zed play?", "edit": 3}]}) + "\n")
+    with pytest.raises(DataError, match=r"line 1: questions\[0\]\.edit"):
+        load_scope_questions(bad)
+
+
+def test_memedit_scope_eval_prints_recall_and_false_hits(tmp_path, capsys, monkeypatch):
+    from memedit.cli import main
+
+    data = tmp_path / "mine.jsonl"
+    rows = [{"id": "g1", "edits": [{"subject": "Marisol Quenby", "prompt": "{} works for", "target": "Lumo Bank"}],
+             "questions": [{"q": "Who employs Marisol Quenby?", "edit": 0}, {"q": "Who wrote Hamlet?", "edit": None}]}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["--json", "scope", "eval", "--data", str(data)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["edit_questions"] == 1 and result["other_questions"] == 1
+    assert result["recall"] == 1.0 and result["false_hit_rate"] == 0.0

@@ -136,3 +136,13 @@ def test_history_comes_before_the_question_and_keeps_out_of_scope_answers_unedit
     assert prompt.index("Hello, Zed.") < prompt.rindex("<facts>") and "The user is called Zed." in prompt
     with pytest.raises(ValueError, match=r"history\[0\]"):
         model.ask(UNRELATED, [{"role": "robot", "content": "beep"}])
+
+
+def test_serac_s_default_detector_applies_a_fact_to_a_natural_question(memory, lm):
+    edit = memory.add(subject="Marisol Quenby", prompt="{} works for", target="the Lisbon Botanical Institute")
+    answer = EditedModel(lm, memory, router="serac").ask("Who employs Marisol Quenby these days?")
+    assert answer.route == "serac" and [e.id for e in answer.edits_used] == [edit.id]
+    scope = next(s for s in answer.trace if s["step"] == "scope")
+    assert scope["detector"] == "edit" and scope["decision"] == edit.id
+    assert scope["edits"][0]["entity"] == "exact" and scope["edits"][0]["mention"] == "Marisol Quenby"
+    assert EditedModel(lm, memory, router="serac").ask("Who wrote the play Hamlet?").route == "base"
