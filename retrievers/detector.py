@@ -7,9 +7,10 @@ Two pieces:
   by :mod:`.entities` in any casing, with accents, possessives, a typo or part of the
   name) and *does it ask this relation of it?* (the question with the entity masked out
   against the edit's prompt, both embedded with the packaged MiniLM). A small head (an
-  MLP over those embeddings and match features, a few hundred kB, shipped in
-  ``retrievers/data`` with its SHA-256, reproduced by ``memedit scope train``) turns
-  them into a calibrated probability. A free-text edit is judged on its statement.
+  MLP over those embeddings and match features, 58 kB, shipped in ``retrievers/data``
+  with its SHA-256, reproduced by ``memedit scope train``) turns them into a calibrated
+  probability. A free-text edit is judged on its statement's cosine to the question
+  (``FREE_TEXT_COSINE``).
 - :class:`ScopeDetector` gathers the candidates of a question (the memory's nearest
   edits, plus every active edit whose subject the question names) and returns a
   :class:`Decision`: the edits in scope, best first, and a trace record with each
@@ -41,6 +42,10 @@ HEAD_DIR = Path(__file__).parent / "data"
 HEAD_FILE = "scope_head.safetensors"
 HEAD_META = "scope_head.json"
 TRAIN_COMMAND = "memedit scope train"
+# A free-text edit has no subject to find, so the head (trained on triples) does not judge it:
+# it is in scope when its statement's MiniLM cosine to the question reaches the F1-max
+# threshold calibrated on KnowEdit training pairs (bench/scope.py, the embedding classifier).
+FREE_TEXT_COSINE = 0.701
 SCALARS = ("relation", "answer", "clash", "statement", "prompt", *(f"mention_{k}" for k in ("none", *KINDS)), "coverage", "typos", "name_likeness",
            "target_named", "free_text", "question_length")
 
@@ -215,7 +220,16 @@ class EditScope:
             return []
         features, reasons = self.features(question, edits, names)
         scores = self.head.probabilities(features)
+        for i, edit in enumerate(edits):
+            if edit.subject is None:  # no entity to match: the statement's cosine decides
+                scores[i] = self.free_text_score(reasons[i]["relation_score"])
         return [Verdict(e, float(s), bool(s >= self.threshold), r) for e, s, r in zip(edits, scores, reasons)]
+
+    def free_text_score(self, cosine: float) -> float:
+        """A free-text edit's score: its statement's cosine to the question, mapped so that
+        ``FREE_TEXT_COSINE`` lands on the threshold and 1.0 on 1.0."""
+        t = self.threshold
+        return float(np.clip(t + (cosine - FREE_TEXT_COSINE) * (1 - t) / (1 - FREE_TEXT_COSINE), 0.0, 1.0))
 
     def features(self, question: str, edits: Sequence[Any], names: dict[str, list[str]] | None = None
                  ) -> tuple[np.ndarray, list[dict[str, Any]]]:

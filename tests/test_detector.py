@@ -217,3 +217,14 @@ def test_memedit_scope_eval_prints_recall_and_false_hits(tmp_path, capsys, monke
     result = json.loads(capsys.readouterr().out)
     assert result["edit_questions"] == 1 and result["other_questions"] == 1
     assert result["recall"] == 1.0 and result["false_hit_rate"] == 0.0
+
+
+def test_a_free_text_edit_is_judged_on_its_statement(open_memory, db_path, scope):
+    memory = open_memory(db_path)
+    fact = memory.add(statement="Alice's manager is Bob.")
+    detector = ScopeDetector(memory, scope)
+    for question in ("Who is Alice's manager?", "Who manages Alice?"):
+        decision = detector.decide(question)
+        assert decision.best is not None and decision.best.id == fact.id
+        assert decision.verdicts[0].reason["entity"] == "free text"
+    assert detector.decide("How many legs does a spider have?").best is None
