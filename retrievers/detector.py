@@ -428,8 +428,8 @@ class ScopeDetector:
     def threshold(self) -> float:
         return self.classifier.threshold
 
-    def candidates(self, question: str, vector: np.ndarray | None = None) -> tuple[list[Any], dict[str, float]]:
-        """(candidate edits, their retrieval cosine by id): the ``k`` nearest, then the named ones."""
+    def candidates(self, question: str, vector: np.ndarray | None = None) -> tuple[list[Any], dict[str, float | None]]:
+        """(candidate edits, their retrieval cosine by id, None for a named one): the ``k`` nearest, then the named ones."""
         if vector is None:
             vector = self.memory.embedder.encode_one(question)
         hits = [h for h in self.memory.search_vector(vector, k=self.k)
@@ -442,12 +442,12 @@ class ScopeDetector:
             for edit in self.names.named_in(question):
                 if edit.id not in cosine:
                     edits.append(edit)
-                    cosine[edit.id] = float("nan")
+                    cosine[edit.id] = None
         return edits, cosine
 
     def decide(self, question: str, vector: np.ndarray | None = None, edits: Sequence[Any] | None = None) -> Decision:
         """Judge the question against its candidates (or the given ``edits``), best first."""
-        cosine: dict[str, float] = {}
+        cosine: dict[str, float | None] = {}
         if edits is None:
             if vector is None:
                 vector = self.memory.embedder.encode_one(question)
@@ -457,11 +457,11 @@ class ScopeDetector:
             self.classifier.remember(question, vector)
         verdicts = self.classifier.judge(question, list(edits), names)
         for v in verdicts:
-            c = cosine.get(getattr(v.edit, "id", None))
-            if c is not None:
-                v.reason["retrieval"] = "nearest" if c == c else "named"
-                if c == c:
-                    v.reason["cosine"] = round(c, 4)
+            key = getattr(v.edit, "id", None)
+            if key in cosine:
+                v.reason["retrieval"] = "named" if cosine[key] is None else "nearest"
+                if cosine[key] is not None:
+                    v.reason["cosine"] = round(cosine[key], 4)
         verdicts.sort(key=lambda v: -v.score)
         return Decision(question, verdicts, self.name, self.threshold)
 

@@ -201,7 +201,6 @@ class ChainRouter(Router):
         return self._generate(body, stop=("\n",), max_new_tokens=24).strip()
 
 
-
 def edit_record(edit: Any) -> dict[str, Any] | None:
     """An edit as the trace shows it (None stays None)."""
     return None if edit is None else {"id": edit.id, "kind": edit.kind, "statement": edit.statement}
