@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -31,6 +32,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from memedit.memory import Memory
+from memedit.models import DEFAULT_BATCH_SIZE
+from memedit.retrievers.steps import Failed, Steps, run_many
 
 from .metrics import answer_matches
 from .mquake import MQuAKECase, batches, score_case
@@ -82,9 +85,13 @@ def check_settings(out: Path, settings: dict[str, Any]) -> None:
 
 def evaluate_mquake(cases: Sequence[MQuAKECase], make_router: Callable[[Memory], Any], k: int | str, out: str | Path,
                     limit: int | None = None, questions: int = 1, settings: dict[str, Any] | None = None,
-                    progress: bool = True, open_memory: Callable[[Path], Memory] = Memory) -> dict[str, Any]:
+                    progress: bool = True, open_memory: Callable[[Path], Memory] = Memory,
+                    batch_size: int = DEFAULT_BATCH_SIZE) -> dict[str, Any]:
     """Evaluate on the first ``limit`` of ``cases`` (batches of ``k`` over all of them); write
-    ``run.json``, ``cases.jsonl``, ``summary.json`` and ``report.md`` under ``out``; return the summary."""
+    ``run.json``, ``cases.jsonl``, ``summary.json`` and ``report.md`` under ``out``; return the summary.
+    ``batch_size`` cases run together, their generations decoded as one batch (1: one at a
+    time). A case that fails is reported with its id and left out of ``cases.jsonl``, so a
+    rerun asks it again; the others finish."""
     if questions not in (1, 2, 3):
         raise ValueError(f"questions must be 1, 2 or 3 (how many of each case's questions to ask), got {questions!r}")
     out = Path(out)
@@ -98,42 +105,93 @@ def evaluate_mquake(cases: Sequence[MQuAKECase], make_router: Callable[[Memory],
     records = [r for r in read_done(path) if r["case_id"] in asked]
     done = {r["case_id"] for r in records}
     bar = progress_bar(len(asked), progress, initial=len(done))
+    failures: list[dict[str, Any]] = []
+    clock = [time.time()]
+    todo = [(number, case) for number, group in enumerate(groups) for case in group
+            if case.case_id in asked and case.case_id not in done]
+
+    def finished(index: int, record: dict[str, Any] | Failed) -> None:
+        if isinstance(record, Failed):  # not written: a rerun asks it again
+            failures.append({"case_id": todo[index][1].case_id, "error": str(record)})
+            print(f"case {todo[index][1].case_id} failed: {record}", file=sys.stderr)
+            return
+        # the run's time since the case before finished: summed, the run's wall time
+        now = time.time()
+        record["seconds"], clock[0] = round(now - clock[0], 2), now
+        sink.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+        sink.flush()
+        os.fsync(sink.fileno())
+        records.append(record)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(acc=f"{100 * sum(r['correct'] for r in records) / len(records):.1f}")
+
     try:
         with tempfile.TemporaryDirectory() as tmp, path.open("a", encoding="utf-8") as sink:
-            for number, group in enumerate(groups):
-                todo = [c for c in group if c.case_id in asked and c.case_id not in done]
-                if not todo:
-                    continue
-                memory = open_memory(Path(tmp) / f"batch-{number}.db")
-                try:
-                    memory.add_many([e for c in group for e in c.edits])
-                    router = make_router(memory)
-                    for case in todo:
-                        record = run_case(router, memory, case, questions, number, len(group))
-                        sink.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
-                        sink.flush()
-                        os.fsync(sink.fileno())
-                        records.append(record)
-                        if bar is not None:
-                            bar.update(1)
-                            bar.set_postfix(acc=f"{100 * sum(r['correct'] for r in records) / len(records):.1f}")
-                finally:
-                    memory.close()
+            memories = BatchMemories(groups, todo, lambda n: open_memory(Path(tmp) / f"batch-{n}.db"), make_router)
+            try:
+                if todo:
+                    model = memories.peek(todo[0][0]).model
+                    machines = (memories.case_steps(number, case, questions) for number, case in todo)
+                    run_many(model, machines, batch_size, on_done=finished)
+            finally:
+                memories.close()
     finally:
         if bar is not None:
             bar.close()
     summary = summarize_mquake(records)
+    summary["failed"] = failures
     (out / "summary.json").write_text(json.dumps({"meta": settings, "summary": summary}, indent=2) + "\n", encoding="utf-8")
     (out / "report.md").write_text(render_report(summary, settings), encoding="utf-8")
     return summary
 
 
-def run_case(router, memory: Memory, case: MQuAKECase, questions: int, batch: int, batch_cases: int) -> dict[str, Any]:
-    """Ask the case's first ``questions`` questions; the scored record with every trace."""
+class BatchMemories:
+    """One memory (with its router) per batch of k cases, opened when the batch's first case
+    starts and closed after its last, so that the cases of many batches run together."""
+
+    def __init__(self, groups: list[list[MQuAKECase]], todo: list[tuple[int, MQuAKECase]],
+                 open_memory: Callable[[int], Memory], make_router: Callable[[Memory], Any]) -> None:
+        self.groups, self.open_memory, self.make_router = groups, open_memory, make_router
+        self.left = Counter(number for number, _ in todo)
+        self.open: dict[int, tuple[Memory, Any]] = {}
+
+    def peek(self, number: int) -> Any:
+        """The router of batch ``number``, opening its memory if needed."""
+        if number not in self.open:
+            memory = self.open_memory(number)
+            try:
+                memory.add_many([e for c in self.groups[number] for e in c.edits])
+                self.open[number] = (memory, self.make_router(memory))
+            except BaseException:
+                memory.close()
+                raise
+        return self.open[number][1]
+
+    def case_steps(self, number: int, case: MQuAKECase, questions: int) -> Steps[dict[str, Any]]:
+        """:func:`case_steps` on batch ``number``'s memory, released when the case ends."""
+        try:
+            router = self.peek(number)
+            return (yield from case_steps(router, self.open[number][0], case, questions, number, len(self.groups[number])))
+        finally:
+            self.left[number] -= 1
+            if self.left[number] <= 0 and number in self.open:
+                self.open.pop(number)[0].close()
+
+    def close(self) -> None:
+        for memory, _ in self.open.values():
+            memory.close()
+        self.open.clear()
+
+
+def case_steps(router, memory: Memory, case: MQuAKECase, questions: int, batch: int, batch_cases: int) -> Steps[dict[str, Any]]:
+    """Ask the case's first ``questions`` questions, as a step machine (see
+    :mod:`memedit.retrievers.steps`), so that many cases run together; returns the scored
+    record with every trace (``latency_seconds``: from its first question to its score)."""
     started = time.time()
     asked = []
     for question in case.questions[:questions]:
-        answer = router.answer(question)
+        answer = yield from router.answer_steps(question)
         chain = next((s["answers"] for s in answer.trace if s["step"] == "chain_answers"), None)
         asked.append({"question": question, "answer": answer.text, "route": answer.route, "chain": chain,
                       "edits_used": [e.id for e in answer.edits_used], "trace": answer.trace})
@@ -141,7 +199,7 @@ def run_case(router, memory: Memory, case: MQuAKECase, questions: int, batch: in
     failure = None if scores["correct"] else classify_failure(case, asked[0]["trace"], memory)
     return {"case_id": case.case_id, "batch": batch, "batch_cases": batch_cases, **scores, "failure": failure,
             "new_answer": case.new_answers[0], "old_answer": case.old_answers[0] if case.old_answers else None,
-            "seconds": round(time.time() - started, 2), "questions": asked}
+            "latency_seconds": round(time.time() - started, 2), "questions": asked}
 
 
 def classify_failure(case: MQuAKECase, trace: list[dict[str, Any]], memory: Memory) -> str:

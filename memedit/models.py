@@ -8,6 +8,7 @@ prefix's key/value cache is computed once and reused for every body that follows
 
 from __future__ import annotations
 
+import copy
 import os
 import threading
 from collections import OrderedDict
@@ -18,6 +19,12 @@ from .model_files import DEFAULT_MODEL, resolve
 
 DEFAULT_MAX_NEW_TOKENS = 32
 PREFIX_CACHE_SIZE = 4
+# Rows decoded together. On 2 CPU cores, 8 rows of Qwen2.5-1.5B cost about twice one row
+# per step (bench/throughput.py measures it); a GPU takes more.
+DEFAULT_BATCH_SIZE = 8
+# At most this many tokens (rows x (prompt + new tokens)) go through the model at once, so a
+# huge prompt is decoded in a smaller batch instead of padding every row to its length.
+MAX_BATCH_TOKENS = 16384
 
 
 @dataclass(frozen=True)
@@ -47,8 +54,52 @@ class Score:
     target_ids: tuple[int, ...]
 
 
+@dataclass(frozen=True)
+class Request:
+    """One greedy generation: the prompt, its token budget and its stop strings."""
+
+    prompt: Prompt
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    stop: tuple[str, ...] = ("\n",)
+
+
 def as_prompt(prompt: Prompt | str) -> Prompt:
     return prompt if isinstance(prompt, Prompt) else Prompt("", prompt)
+
+
+def check_batch_size(batch_size: object) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a whole number of 1 or more, got {batch_size!r}")
+    return batch_size
+
+
+def check_request(request: object, index: int = 0) -> Request:
+    """``request`` checked: a Request with a non-empty prompt, a positive budget, text stop strings."""
+    if not isinstance(request, Request):
+        raise TypeError(f"requests[{index}] must be a memedit.models.Request, got {type(request).__name__}")
+    if not isinstance(request.prompt, Prompt) or not request.prompt.body:
+        raise ValueError(f"requests[{index}]: the prompt's body is empty; give at least one token of text after the prefix")
+    budget = request.max_new_tokens
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+        raise ValueError(f"requests[{index}]: max_new_tokens must be a whole number of 1 or more, got {budget!r}")
+    if isinstance(request.stop, str) or not all(isinstance(s, str) for s in request.stop):
+        raise ValueError(f"requests[{index}]: stop must be a tuple of strings, got {request.stop!r}")
+    return request
+
+
+def _chunks(items: list[int], costs: list[int], batch_size: int) -> Iterator[list[int]]:
+    """Consecutive runs of ``items``, at most ``batch_size`` long, each within MAX_BATCH_TOKENS
+    (its longest cost times its length); an item over the budget alone goes alone."""
+    run: list[int] = []
+    longest = 0
+    for item, cost in zip(items, costs):
+        if run and (len(run) == batch_size or max(longest, cost) * (len(run) + 1) > MAX_BATCH_TOKENS):
+            yield run
+            run, longest = [], 0
+        run.append(item)
+        longest = max(longest, cost)
+    if run:
+        yield run
 
 
 class LanguageModel:
@@ -112,7 +163,7 @@ class LanguageModel:
         ids = self._ids(prefix)
         with torch.inference_mode():
             out = self.model(input_ids=torch.tensor([ids], device=self.device), use_cache=True)
-        self._prefixes[prefix] = (ids, out.past_key_values)
+        self._prefixes[prefix] = (ids, out.cache)
         while len(self._prefixes) > PREFIX_CACHE_SIZE:
             self._prefixes.popitem(last=False)
         return self._prefixes[prefix]
@@ -130,8 +181,8 @@ class LanguageModel:
         else:
             prefix_ids, cache = [], None
         ids = self._ids(prompt.body) + list(extra)
-        out = self.model(input_ids=torch.tensor([ids], device=self.device), past_key_values=cache, use_cache=True)
-        return out.logits[0], out.past_key_values, len(prefix_ids)
+        out = self.model(input_ids=torch.tensor([ids], device=self.device), cache=cache, use_cache=True)
+        return out.logits[0], out.cache, len(prefix_ids)
 
     def generate(self, prompt: Prompt | str, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
                  stop: Sequence[str] = ("\n",)) -> str:
@@ -160,34 +211,105 @@ class LanguageModel:
                     yield piece
                 if visible.stopped:
                     break
-                out = self.model(input_ids=torch.tensor([[token]], device=self.device), past_key_values=cache, use_cache=True)
-                logits, cache = out.logits[0], out.past_key_values
+                out = self.model(input_ids=torch.tensor([[token]], device=self.device), cache=cache, use_cache=True)
+                logits, cache = out.logits[0], out.cache
         rest = visible.finish()
         if rest:
             yield rest
 
     def generate_batch(self, prompts: Sequence[Prompt | str], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-                       stop: Sequence[str] = ("\n",), batch_size: int = 8) -> list[str]:
-        """Greedy continuations of many prompts, ``batch_size`` at a time (left padding)."""
+                       stop: Sequence[str] = ("\n",), batch_size: int = DEFAULT_BATCH_SIZE) -> list[str]:
+        """Greedy continuations of many prompts with one budget and one set of stop strings;
+        see :meth:`generate_many`."""
+        return self.generate_many([Request(as_prompt(p), max_new_tokens, tuple(stop)) for p in prompts], batch_size)
+
+    def generate_many(self, requests: Sequence[Request], batch_size: int = DEFAULT_BATCH_SIZE) -> list[str]:
+        """The greedy continuation of every request, each cut at its own stop strings and
+        token budget, the same text as :meth:`generate` gives one at a time.
+
+        Prompts that share a cached prefix are decoded together, ``batch_size`` rows at a
+        time (fewer when the rows are long): the prefix's key/value cache is computed once and
+        shared by every row; each body is padded on its left, between prefix and body, so that
+        all rows end together. A finished row leaves the batch at once."""
+        check_batch_size(batch_size)
+        requests = [check_request(r, i) for i, r in enumerate(requests)]
+        results: list[str] = [""] * len(requests)
+        groups: dict[str, list[int]] = {}
+        for i, request in enumerate(requests):
+            groups.setdefault(request.prompt.prefix, []).append(i)
+        for prefix, members in groups.items():
+            bodies = {i: self._ids(requests[i].prompt.body) for i in members}
+            members.sort(key=lambda i: len(bodies[i]))
+            for rows in _chunks(members, [len(bodies[i]) + requests[i].max_new_tokens for i in members], batch_size):
+                texts = self._decode_rows(prefix, [bodies[i] for i in rows], [requests[i] for i in rows])
+                for i, text in zip(rows, texts):
+                    results[i] = text
+        return results
+
+    def _batch_cache(self, prefix: str, rows: int):
+        """(prefix ids, a private copy of the prefix's cache repeated over ``rows``), or ([], None)."""
+        if not prefix:
+            return [], None
+        prefix_ids, cache = self._prefix_cache(prefix)
+        extra = cache.get_seq_length() - len(prefix_ids)
+        if extra > 0:
+            cache.crop(-extra)
+        cache = copy.deepcopy(cache)
+        cache.batch_repeat_interleave(rows)
+        return prefix_ids, cache
+
+    def _padded(self, prefix_len: int, bodies: Sequence[Sequence[int]]):
+        """Input ids, attention mask (prefix, padding, body) and positions of right-aligned bodies."""
         import torch
 
-        results: list[str] = []
+        width = max(len(b) for b in bodies)
         pad = self.tokenizer.pad_token_id
-        eos = sorted(self._eos_ids())
-        for start in range(0, len(prompts), batch_size):
-            rows = [self.prompt_ids(p) for p in prompts[start:start + batch_size]]
-            width = max(len(r) for r in rows)
-            ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self.device)
-            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
-            with self._lock, torch.inference_mode():
-                out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                                          eos_token_id=eos, pad_token_id=pad, tokenizer=self.tokenizer,
-                                          stop_strings=list(stop) or None)
-            for row in out[:, width:]:
-                text = self.tokenizer.decode(row, skip_special_tokens=True)
-                cut = _stop_at(text, stop)
-                results.append((text if cut is None else text[:cut]).strip())
-        return results
+        ids = [[pad] * (width - len(b)) + list(b) for b in bodies]
+        mask = [[1] * prefix_len + [0] * (width - len(b)) + [1] * len(b) for b in bodies]
+        positions = [[prefix_len] * (width - len(b)) + list(range(prefix_len, prefix_len + len(b))) for b in bodies]
+        return (torch.tensor(ids, device=self.device), torch.tensor(mask, device=self.device),
+                torch.tensor(positions, device=self.device))
+
+    def _decode_rows(self, prefix: str, bodies: list[list[int]], requests: list[Request]) -> list[str]:
+        import torch
+
+        eos = self._eos_ids()
+        new: list[list[int]] = [[] for _ in bodies]
+        texts = [""] * len(bodies)
+        with self._lock, torch.inference_mode():
+            prefix_ids, cache = self._batch_cache(prefix, len(bodies))
+            ids, mask, positions = self._padded(len(prefix_ids), bodies)
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
+                             use_cache=True, logits_to_keep=1)
+            logits, cache, position = out.logits[:, -1], out.cache, positions[:, -1:]
+            active = list(range(len(bodies)))
+            while active:
+                tokens = logits.argmax(-1).tolist()
+                keep = []
+                for row, (i, token) in enumerate(zip(active, tokens)):
+                    request = requests[i]
+                    if token in eos:
+                        continue
+                    new[i].append(token)
+                    full = self.tokenizer.decode(new[i], skip_special_tokens=True)
+                    cut = _stop_at(full, request.stop)
+                    texts[i] = (full if cut is None else full[:cut]).strip()
+                    if cut is None and len(new[i]) < request.max_new_tokens:
+                        keep.append(row)
+                if not keep:
+                    break
+                if len(keep) < len(active):
+                    index = torch.tensor(keep, device=self.device)
+                    cache.batch_select_indices(index)
+                    mask, position = mask[index], position[index]
+                    active = [active[row] for row in keep]
+                step = torch.tensor([[tokens[row]] for row in keep], device=self.device)
+                mask = torch.cat([mask, mask.new_ones((len(keep), 1))], dim=1)
+                position = position + 1
+                out = self.model(input_ids=step, attention_mask=mask, position_ids=position, cache=cache,
+                                 use_cache=True)
+                logits, cache = out.logits[:, -1], out.cache
+        return texts
 
     def score(self, prompt: Prompt | str, continuation: str) -> Score:
         """Teacher-forced score of ``continuation`` right after ``prompt`` (no space is added)."""
@@ -201,13 +323,40 @@ class LanguageModel:
             logits, _, _ = self._forward(prompt, target)
             if not prompt.body:
                 raise ValueError("prompt body is empty; put at least one token after the cached prefix")
-        steps = logits[-len(target) - 1:-1].float()
-        logprobs = torch.log_softmax(steps, dim=-1)
-        gold = torch.tensor(target)
-        predicted = steps.argmax(-1)
-        return Score(float(logprobs[torch.arange(len(target)), gold].sum()),
-                     float((predicted == gold).float().mean()),
-                     tuple(int(t) for t in predicted), tuple(target))
+        return _score(logits[-len(target) - 1:-1], target)
+
+    def score_many(self, items: Sequence[tuple[Prompt | str, str]], batch_size: int = DEFAULT_BATCH_SIZE) -> list[Score]:
+        """:meth:`score` of many (prompt, continuation) pairs, rows that share a cached prefix
+        run together (laid out as in :meth:`generate_many`)."""
+        import torch
+
+        check_batch_size(batch_size)
+        rows: list[tuple[Prompt, list[int], list[int]]] = []
+        for i, (prompt, continuation) in enumerate(items):
+            prompt = as_prompt(prompt)
+            target = self._ids(continuation) if isinstance(continuation, str) else []
+            if not target:
+                raise ValueError(f"items[{i}]: the continuation is empty; give the text whose tokens should be scored")
+            if not prompt.body:
+                raise ValueError(f"items[{i}]: the prompt's body is empty; put at least one token after the cached prefix")
+            rows.append((prompt, self._ids(prompt.body), target))
+        scores: list[Score | None] = [None] * len(rows)
+        groups: dict[str, list[int]] = {}
+        for i, (prompt, _, _) in enumerate(rows):
+            groups.setdefault(prompt.prefix, []).append(i)
+        for prefix, members in groups.items():
+            members.sort(key=lambda i: len(rows[i][1]) + len(rows[i][2]))
+            for chunk in _chunks(members, [len(rows[i][1]) + len(rows[i][2]) for i in members], batch_size):
+                keep = max(len(rows[i][2]) for i in chunk) + 1
+                with self._lock, torch.inference_mode():
+                    prefix_ids, cache = self._batch_cache(prefix, len(chunk))
+                    ids, mask, positions = self._padded(len(prefix_ids), [rows[i][1] + rows[i][2] for i in chunk])
+                    logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
+                                        use_cache=False, logits_to_keep=keep).logits
+                for row, i in enumerate(chunk):
+                    target = rows[i][2]
+                    scores[i] = _score(logits[row, keep - len(target) - 1:keep - 1], target)
+        return scores
 
     def _eos_ids(self) -> set[int]:
         ids = {self.tokenizer.eos_token_id}
@@ -225,6 +374,18 @@ class LanguageModel:
 
     def __repr__(self) -> str:
         return f"LanguageModel({self.name!r}, device={self.device!r})"
+
+
+def _score(steps, target: list[int]) -> Score:
+    """The Score of ``target`` from the logits that predict each of its tokens."""
+    import torch
+
+    steps = steps.float()
+    logprobs = torch.log_softmax(steps, dim=-1)
+    gold = torch.tensor(target, device=steps.device)
+    predicted = steps.argmax(-1)
+    return Score(float(logprobs[torch.arange(len(target)), gold].sum()), float((predicted == gold).float().mean()),
+                 tuple(int(t) for t in predicted), tuple(target))
 
 
 def _stop_at(text: str, stop: Sequence[str]) -> int | None:

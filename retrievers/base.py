@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 from memedit.memory import Memory
-from memedit.models import LanguageModel, Prompt
+from memedit.models import DEFAULT_BATCH_SIZE, LanguageModel, Prompt, Request
 from memedit.store import StoredEdit
 
 from .demos import DEMOS, Demo
 from .detector import Decision
+from .steps import Failed, Steps, done, run_many, run_one
 
 DEFAULT_REFUSAL = "I don't know."
 ANSWER_SYSTEM = "Answer the question with a short phrase: the answer only, no explanation."
@@ -148,22 +149,55 @@ class Router:
         return Plan(self.name, prompt=prompt, edits_used=facts, trace=trace)
 
     def plan(self, question: str, history: Sequence[dict[str, str]] = ()) -> Plan:
-        """Decide how to answer; subclasses override."""
+        """Decide how to answer; subclasses override (or override :meth:`plan_steps`)."""
         raise NotImplementedError
+
+    def plan_steps(self, question: str, history: Sequence[dict[str, str]] = ()) -> Steps[Plan]:
+        """:meth:`plan` as a step machine (see :mod:`.steps`): the chain routers yield the
+        generations their decisions need; a single-step router needs none."""
+        return done(self.plan(question, history))
+
+    def run_steps(self, plan: Plan) -> Steps[Answer]:
+        """:meth:`run` as a step machine: the plan's one generation, yielded."""
+        if plan.text is not None:
+            return self.finish(plan, plan.text)
+        plan.trace.append({"step": "prompt", "text": plan.prompt.text})
+        text = yield self.request(plan.prompt)
+        return self.finish(plan, text)
+
+    def answer_steps(self, question: str, history: Sequence[dict[str, str]] = ()) -> Steps[Answer]:
+        """:meth:`answer` as a step machine."""
+        plan = yield from self.plan_steps(check_question(question), history)
+        return (yield from self.run_steps(plan))
+
+    def request(self, prompt: Prompt) -> Request:
+        """The generation of an answer to ``prompt``, with this router's budget and stop strings."""
+        return Request(prompt, self.max_new_tokens, self.stop)
 
     def answer(self, question: str, history: Sequence[dict[str, str]] = ()) -> Answer:
         """Answer ``question`` (after the conversation's earlier turns ``history``) with the
         edits that apply, recording each decision in the trace."""
-        return self.run(self.plan(check_question(question), history))
+        return run_one(self.model, self.answer_steps(question, history))
+
+    def answer_many(self, questions: Sequence[str], batch_size: int = DEFAULT_BATCH_SIZE) -> list[Answer]:
+        """:meth:`answer` for many questions, their generations decoded ``batch_size`` at a
+        time; the same answers as one by one. The first question that fails raises its error
+        once the others are done."""
+        answers = run_many(self.model, (self.answer_steps(q) for q in questions), batch_size)
+        failed = next((a for a in answers if isinstance(a, Failed)), None)
+        if failed is not None:
+            raise failed.error
+        return answers
 
     def stream(self, question: str, history: Sequence[dict[str, str]] = ()) -> "AnswerStream":
         """``answer``, as text pieces while the model writes; the :class:`Answer` is on the
         stream's ``answer`` once it is read to the end."""
-        return AnswerStream(self, self.plan(check_question(question), history), question)
+        plan = run_one(self.model, self.plan_steps(check_question(question), history))
+        return AnswerStream(self, plan, question)
 
     def run(self, plan: Plan) -> Answer:
         """Carry out a plan: generate from its prompt, or reply its fixed text."""
-        return self.finish(plan, "".join(self.pieces(plan)))
+        return run_one(self.model, self.run_steps(plan))
 
     def pieces(self, plan: Plan) -> Iterator[str]:
         """The reply to a plan, piece by piece."""

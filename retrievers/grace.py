@@ -48,6 +48,7 @@ from memedit.models import LanguageModel, Prompt, Score
 from memedit.store import StoredEdit
 
 from .base import Answer, Plan, Router
+from .steps import Steps, done
 
 log = logging.getLogger(__name__)
 
@@ -192,12 +193,12 @@ class LayerAdaptor:
                 handles += [b.register_forward_pre_hook(block_hook, with_kwargs=True) for b in self.blocks[layer:]]
             try:
                 out = self.lm.model(input_ids=torch.tensor([suffix], device=self.lm.device),
-                                    past_key_values=prefix.past_key_values, use_cache=True)
+                                    cache=prefix.cache, use_cache=True)
             finally:
                 for handle in handles:
                     handle.remove()
-            _crop(prefix.past_key_values, cut)
-        example = {"key": self._key(got["x"]), "init": got["y"].detach().float().clone(), "cache": prefix.past_key_values,
+            _crop(prefix.cache, cut)
+        example = {"key": self._key(got["x"]), "init": got["y"].detach().float().clone(), "cache": prefix.cache,
                    "cut": cut, "suffix": torch.tensor([suffix], device=self.lm.device),
                    "target": torch.tensor(target_ids, device=self.lm.device)}
         if self.fast:
@@ -251,7 +252,7 @@ class LayerAdaptor:
                         if "calls" in ex:
                             logits = self._tail(ex)
                         else:
-                            out = self.lm.model(input_ids=ex["suffix"], past_key_values=ex["cache"], use_cache=True)
+                            out = self.lm.model(input_ids=ex["suffix"], cache=ex["cache"], use_cache=True)
                             _crop(ex["cache"], ex["cut"])
                             logits = out.logits[0].float()
                         losses.append(torch.nn.functional.cross_entropy(logits, ex["target"]))
@@ -446,12 +447,14 @@ class GRACERouter(Router):
         with self._applied(plan):
             return self.model.generate(plan.prompt, max_new_tokens=self.max_new_tokens, stop=getattr(self, "stop", ("\n",)))
 
-    def run(self, plan: Plan) -> Answer:
+    def run_steps(self, plan: Plan) -> Steps[Answer]:
+        """A plan in scope is generated here, at once, with its value spliced in (never
+        batched with other questions: the value is in the model while it runs)."""
         if not isinstance(plan, GracePlan) or plan.text is not None:
-            return super().run(plan)
+            return super().run_steps(plan)
         text = self._generate(plan)
         plan.trace.append({"step": "generate", "text": text})
-        return Answer(text, plan.edits_used, plan.route, plan.trace)
+        return done(Answer(text, plan.edits_used, plan.route, plan.trace))
 
     def pieces(self, plan: Plan) -> Iterator[str]:
         """Streaming: a GRACE answer comes as one piece (the value is spliced in while the

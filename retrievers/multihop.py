@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from memedit.memory import Memory
-from memedit.models import LanguageModel, Prompt
+from memedit.models import LanguageModel, Prompt, Request
 
 from .base import Plan, Router, check_question
+from .steps import Steps, run_one
 
 FACT_LINE = "Memory fact: "
 FINAL = "Final answer:"
@@ -140,15 +141,19 @@ class ChainRouter(Router):
     def plan(self, question: str, history: Sequence[dict[str, str]] = ()) -> Plan:
         """Answer ``question`` hop by hop; the plan carries the final answer as its text.
         (``history`` is not used: each multi-hop question is answered on its own.)"""
+        return run_one(self.model, self.plan_steps(question, history))
+
+    def plan_steps(self, question: str, history: Sequence[dict[str, str]] = ()) -> Steps[Plan]:
+        """The chain as a step machine: each hop's generations are yielded (see :mod:`.steps`)."""
         chain = Chain(check_question(question), self.start(question))
         trace: list[dict[str, Any]] = [{"step": "chain", "router": self.name, "max_hops": self.max_hops}]
         while chain.final is None:
             if len(chain.hops) >= self.max_hops:
                 chain.body += FINAL
-                chain.final = self._line(chain.body)
+                chain.final = yield from self._line(chain.body)
                 trace.append({"step": "final", "text": chain.final, "forced": True})
                 break
-            text = self._generate(chain.body, stop=self.hop_stops)
+            text = yield from self._generate(chain.body, stop=self.hop_stops)
             found = fields(text)
             final = [v for name, v in found if name == FINAL[:-1].casefold()]
             subquestions = [v for name, v in found if name == SUBQUESTION[:-1].casefold()]
@@ -160,7 +165,7 @@ class ChainRouter(Router):
                 chain.final = text.strip().splitlines()[0] if text.strip() else ""
                 trace.append({"step": "final", "text": chain.final, "unparsed": text})
                 break
-            hop = self.settle(chain, text, _first(found), subquestions[0])
+            hop = yield from self.settle(chain, text, _first(found), subquestions[0])
             hop["n"] = len(chain.hops) + 1
             chain.hops.append(hop)
             trace.append({"step": "hop", **hop})
@@ -187,18 +192,22 @@ class ChainRouter(Router):
         """A worked example in this router's line format."""
         raise NotImplementedError
 
-    def settle(self, chain: Chain, text: str, found: dict[str, str], subquestion: str) -> dict[str, Any]:
+    def settle(self, chain: Chain, text: str, found: dict[str, str], subquestion: str) -> Steps[dict[str, Any]]:
         """Settle one hop from the generated ``text``; extend ``chain.body``; return its record
-        (``subquestion``, ``answer``, ``edit``, and the decision)."""
+        (``subquestion``, ``answer``, ``edit``, and the decision). A step machine: the
+        generations it needs are yielded."""
         raise NotImplementedError
 
     # -- pieces the routers share --------------------------------------------------------------
-    def _generate(self, body: str, stop: Sequence[str], max_new_tokens: int | None = None) -> str:
-        return self.model.generate(Prompt(self.prefix, body), max_new_tokens=max_new_tokens or self.hop_tokens, stop=stop)
+    def _generate(self, body: str, stop: Sequence[str], max_new_tokens: int | None = None) -> Steps[str]:
+        """The continuation of the transcript ``body``, yielded as a request."""
+        text = yield Request(Prompt(self.prefix, body), max_new_tokens or self.hop_tokens, tuple(stop))
+        return text
 
-    def _line(self, body: str) -> str:
+    def _line(self, body: str) -> Steps[str]:
         """One generated line after ``body`` (which ends right after a ``Name:``)."""
-        return self._generate(body, stop=("\n",), max_new_tokens=24).strip()
+        text = yield from self._generate(body, stop=("\n",), max_new_tokens=24)
+        return text.strip()
 
 
 def edit_record(edit: Any) -> dict[str, Any] | None:

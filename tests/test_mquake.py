@@ -179,11 +179,11 @@ class CountingRouter:
     """A real router (IKE on SmolLM2), counting the questions it answers."""
 
     def __init__(self, router, log):
-        self.router, self.log = router, log
+        self.router, self.log, self.model = router, log, router.model
 
-    def answer(self, question):
+    def answer_steps(self, question):
         self.log.append(question)
-        return self.router.answer(question)
+        return self.router.answer_steps(question)
 
 
 @pytest.mark.slow
