@@ -35,7 +35,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr
 from memedit.edited_model import PROMPT_ROUTERS, make_router
 from memedit.errors import MemeditError
 from memedit.memory import Hit, Memory
-from memedit.models import DEFAULT_MAX_NEW_TOKENS, Prompt, VisibleText, as_prompt
+from memedit.models import (DEFAULT_BATCH_SIZE, DEFAULT_MAX_NEW_TOKENS, Prompt, Request, VisibleText, as_prompt,
+                            check_batch_size, check_request, cut_text)
 
 __all__ = ["MemoryRetriever", "memory_tools", "RememberFact", "ForgetFact", "RetractEdit", "SearchMemory",
            "MemoryChatModel", "LangChainBackend", "LocalChatModel", "CHAT_SYSTEM"]
@@ -77,7 +78,7 @@ def split_conversation(messages: Sequence[BaseMessage]) -> tuple[str | None, lis
 # -- a chat model as a memedit model -------------------------------------------------------
 class LangChainBackend:
     """A LangChain chat model behind memedit's model interface (``chat``, ``generate``,
-    ``stream``, ``generate_batch``): a black box, so the routers that work through prompts
+    ``stream``, ``generate_many``): a black box, so the routers that work through prompts
     alone (IKE, SERAC, MeLLo, PokeMQA) run on it. ``max_new_tokens`` is not passed on; ``stop`` cuts the text."""
 
     has_chat_template = True
@@ -116,14 +117,18 @@ class LangChainBackend:
             yield rest
 
     def generate_batch(self, prompts: Sequence[Prompt | str], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-                       stop: Sequence[str] = ("\n",), batch_size: int = 8) -> list[str]:
-        replies = self.chat_model.batch([self._messages(p) for p in prompts], config={"max_concurrency": batch_size})
-        results = []
-        for reply in replies:
-            visible = VisibleText(stop)
-            visible.update(reply.text)
-            results.append(visible.finish())
-        return results
+                       stop: Sequence[str] = ("\n",), batch_size: int = DEFAULT_BATCH_SIZE) -> list[str]:
+        return self.generate_many([Request(as_prompt(p), max_new_tokens, tuple(stop)) for p in prompts], batch_size)
+
+    def generate_many(self, requests: Sequence[Request], batch_size: int = DEFAULT_BATCH_SIZE) -> list[str]:
+        """Every request sent at once as concurrent calls, at most ``batch_size`` in flight
+        (LangChain's ``batch`` with ``max_concurrency``), so a served model gets parallel
+        work; each reply is cut at its request's stop strings."""
+        check_batch_size(batch_size)
+        requests = [check_request(r, i) for i, r in enumerate(requests)]
+        replies = self.chat_model.batch([self._messages(r.prompt) for r in requests],
+                                        config={"max_concurrency": batch_size})
+        return [cut_text(reply.text, request.stop) for request, reply in zip(requests, replies)]
 
     def __repr__(self) -> str:
         return f"LangChainBackend({self.name!r})"

@@ -32,11 +32,12 @@ import json
 import os
 import tempfile
 import threading
-import time
 from pathlib import Path
 
+from memedit.model_files import data_dir
+
 ROOT = Path(__file__).resolve().parent.parent
-DATA = Path(os.environ.get("MEMEDIT_DATA", "/work/shared/data")) / "knowedit" / "wiki_counterfact" / "train_cf.json"
+DATA = data_dir() / "knowedit" / "wiki_counterfact" / "train_cf.json"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -113,8 +114,9 @@ def quality(lm, cases, before) -> dict[str, float | None]:
 
 
 def run(lm, cases, method: str, stats_root: Path, stats_tokens: int | None, workdir: Path) -> dict:
-    from memedit import Memory
     from memedit.param_editors.deltas import tensor_sha256
+
+    from memedit import Memory
 
     base = {n: tensor_sha256(p) for n, p in lm.model.named_parameters() if n.endswith("down_proj.weight")}
     before = predictions(lm, cases)
@@ -142,8 +144,9 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     from memedit.eval.knowedit import load_knowedit
-    from memedit.models import load_model
     from memedit.param_editors import default_settings, key_covariance
+
+    from memedit.models import load_model
 
     lm = load_model(args.model)
     sizes = [args.rome] + list(args.memit)

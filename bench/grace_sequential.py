@@ -34,8 +34,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from memedit.model_files import data_dir
+
 ROOT = Path(__file__).resolve().parent.parent
-DATA = Path(os.environ.get("MEMEDIT_DATA", "/work/shared/data")) / "knowedit" / "ZsRE" / "ZsRE-test-all.json"
+DATA = data_dir() / "knowedit" / "ZsRE" / "ZsRE-test-all.json"
 OUT = ROOT / "bench" / "results" / "grace_sequential.json"
 CALIBRATION_CASES = (1100, 1300)
 
@@ -62,8 +64,9 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from memedit import Memory, load_model
     from memedit.eval.knowedit import load_knowedit
+
+    from memedit import Memory, load_model
 
     model = load_model(args.model)
     cases = load_knowedit(args.data, dataset="zsre")
@@ -187,8 +190,8 @@ def calibrate(model, cases) -> None:
     rephrasings) out of every key, fitted on half the cases, and the share of rephrasings
     it lets reach their own key on the other half."""
     import torch
-
     from memedit.retrievers.base import ANSWER_SYSTEM
+
     from memedit.layout import find_blocks
 
     blocks = find_blocks(model.model)

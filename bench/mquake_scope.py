@@ -28,20 +28,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-
-from memedit import Memory
-from memedit.embeddings import get_embedder
 from memedit.eval.mquake import batches, load_mquake
 from memedit.retrievers.detector import ScopeDetector, load_classifier
 
-DATA = Path(os.environ.get("MEMEDIT_DATA", "/work/shared/data")) / "mquake-hard" / "MQuAKE-hard.json"
+from memedit import Memory
+from memedit.embeddings import get_embedder
+from memedit.model_files import data_dir
+
+DATA = data_dir() / "mquake-hard" / "MQuAKE-hard.json"
 
 
 def measure(cases, k, classifier, first_threshold: float | None, folder: Path) -> dict:

@@ -43,7 +43,8 @@ from memedit.eval.scope_eval import evaluate_scope, load_scope_questions
 from memedit.retrievers.detector import EditScope, StatementScope
 from memedit.retrievers.scope import (DEFAULT_MAX_LENGTH, CrossEncoderScope, EmbeddingScope, ScopePair,
                                       scope_metrics, scope_pairs)
-from memedit.retrievers.scope_training import KNOWEDIT_FILES, data_dir
+from memedit.model_files import data_dir
+from memedit.retrievers.scope_training import KNOWEDIT_FILES
 from memedit.retrievers.serac import default_scope_path
 
 EVAL_CASES = 200

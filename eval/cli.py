@@ -8,6 +8,8 @@ import sys
 import time
 from typing import Any
 
+from memedit.models import DEFAULT_BATCH_SIZE, DTYPES, check_batch_size
+
 from .runner import SCORINGS
 
 
@@ -25,6 +27,9 @@ def add_eval_parser(commands: Any) -> None:
     kn.add_argument("--model", default="smollm2-135m", help="packaged name (smollm2-135m, qwen2.5-1.5b) or a local path")
     kn.add_argument("--limit", type=int, help="evaluate only the first N cases")
     kn.add_argument("--batch", type=int, help="cases sharing one memory (default: all of them)")
+    kn.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                    help=f"prompts decoded together (default {DEFAULT_BATCH_SIZE}; 1: one at a time; same answers either way)")
+    kn.add_argument("--dtype", choices=DTYPES, default="float32", help="model weights (default float32)")
     kn.add_argument("--scoring", choices=[*SCORINGS, "both"], default="both")
     kn.add_argument("--scope", choices=["edit", "embedding", "cross-encoder"], default="edit",
                     help="the scope detector's classifier (default: edit, the shipped edit-aware one)")
@@ -50,12 +55,20 @@ def add_eval_parser(commands: Any) -> None:
                     help="the scope detector's classifier for PokeMQA and MeLLo (default: edit, the shipped one)")
     mq.add_argument("--first-threshold", type=float,
                     help="PokeMQA's first-stage cosine cut (default: none for edit, 0.4 for the statement-only ones)")
+    mq.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                    help=f"cases run together, their generations decoded as one batch (default {DEFAULT_BATCH_SIZE}; "
+                         "1: one at a time; same answers either way)")
+    mq.add_argument("--dtype", choices=DTYPES, default="float32", help="model weights (default float32)")
     mq.add_argument("--out", required=True, help="folder: one sub-folder per router and k, plus the plot and a table")
     mq.add_argument("--threads", type=int, help="CPU threads for the model")
     mq.add_argument("--no-progress", action="store_true")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    try:
+        check_batch_size(args.batch_size)
+    except ValueError as error:
+        raise ValueError(f"--batch-size: {error}") from None
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
@@ -79,7 +92,7 @@ def cmd_mquake(args: argparse.Namespace) -> int:
         batch_size(k, len(cases))  # a bad k fails before the model loads
     if args.max_hops < 1:
         raise ValueError(f"--max-hops must be 1 or more, got {args.max_hops}")
-    model = load_model(args.model)
+    model = load_model(args.model, dtype=args.dtype)
     options: dict[str, Any] = {}
     if args.router in ("mello", "pokemqa"):
         options["max_hops"] = args.max_hops
@@ -95,11 +108,13 @@ def cmd_mquake(args: argparse.Namespace) -> int:
                     "max_hops": args.max_hops if args.router != "ike" else None,
                     "detector": args.detector if args.router in ("mello", "pokemqa") else None,
                     "first_threshold": _first_threshold(args) if args.router == "pokemqa" else None,
+                    "dtype": args.dtype,
                     "command": "memedit " + " ".join(shlex.quote(a) for a in sys.argv[1:])}
         out = root / f"{args.router}-{Path(args.model).name}-k{k}"
         print(f"{args.router}, k={k} -> {out}", file=sys.stderr)
         evaluate_mquake(cases, lambda memory: make_router(args.router, model, memory, **options), k, out,
-                        limit=args.limit, questions=args.questions, settings=settings, progress=not args.no_progress)
+                        limit=args.limit, questions=args.questions, settings=settings, progress=not args.no_progress,
+                        batch_size=args.batch_size)
         print((out / "report.md").read_text())
     summaries = collect_summaries(root)
     plot = plot_accuracy_vs_k(summaries, root / "accuracy_vs_k.png")
@@ -140,7 +155,7 @@ def cmd_knowedit(args: argparse.Namespace) -> int:
     else:
         dataset = args.dataset or detect_dataset(args.data)
         cases = load_knowedit(args.data, limit=args.limit, dataset=dataset)
-    model = load_model(args.model)
+    model = load_model(args.model, dtype=args.dtype)
     from memedit.embeddings import get_embedder
     from memedit.retrievers.detector import load_classifier
     scope = load_classifier(args.scope, embedder=get_embedder(), path=args.scope_path)
@@ -150,9 +165,10 @@ def cmd_knowedit(args: argparse.Namespace) -> int:
 
     scorings = SCORINGS if args.scoring == "both" else (args.scoring,)
     started = time.time()
-    summary, rows = evaluate(cases, router_for, scorings=scorings, batch_size=args.batch, progress=not args.no_progress)
+    summary, rows = evaluate(cases, router_for, scorings=scorings, batch_size=args.batch, progress=not args.no_progress,
+                             generation_batch=args.batch_size)
     meta = {"benchmark": "knowedit", "dataset": dataset, "data": args.data, "model": args.model, "router": args.router,
-            "scope": args.scope, "k": args.k, "cases": len(cases),
+            "scope": args.scope, "k": args.k, "cases": len(cases), "dtype": args.dtype, "batch_size": args.batch_size,
             "batch": args.batch or len(cases), "scoring": ", ".join(scorings), "seconds": round(time.time() - started, 1),
             "command": "memedit " + " ".join(shlex.quote(a) for a in sys.argv[1:])}
     paths = write_report(args.out, summary, meta, rows)

@@ -56,6 +56,15 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "memedit")
 
 
+DATA_ENV = "MEMEDIT_DATA"
+
+
+def data_dir() -> Path:
+    """Where the benchmark data (KnowEdit, MQuAKE) lives: ``$MEMEDIT_DATA``, or else the
+    ``shared/data`` folder beside the repository's checkout."""
+    return Path(os.environ.get(DATA_ENV) or Path(__file__).resolve().parents[2] / "shared" / "data")
+
+
 def package_file(distribution: str, relative: str, install: str) -> Path:
     """The path of ``relative`` inside an installed distribution, without importing it."""
     try:

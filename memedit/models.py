@@ -114,6 +114,7 @@ class LanguageModel:
             tokenizer.pad_token = tokenizer.eos_token
         self._prefixes: OrderedDict[str, tuple[list[int], object]] = OrderedDict()
         self._lock = threading.RLock()
+        self.tokens_generated = 0  # every token decoded so far (one at a time or batched), for throughput figures
 
     def weights_changed(self) -> None:
         """Drop what was computed with the old weights (the prefix key/value caches); call
@@ -206,6 +207,7 @@ class LanguageModel:
                 if token in eos:
                     break
                 new.append(token)
+                self.tokens_generated += 1
                 piece = visible.update(self.tokenizer.decode(new, skip_special_tokens=True))
                 if piece:
                     yield piece
@@ -291,10 +293,10 @@ class LanguageModel:
                     if token in eos:
                         continue
                     new[i].append(token)
+                    self.tokens_generated += 1
                     full = self.tokenizer.decode(new[i], skip_special_tokens=True)
-                    cut = _stop_at(full, request.stop)
-                    texts[i] = (full if cut is None else full[:cut]).strip()
-                    if cut is None and len(new[i]) < request.max_new_tokens:
+                    texts[i] = cut_text(full, request.stop)
+                    if _stop_at(full, request.stop) is None and len(new[i]) < request.max_new_tokens:
                         keep.append(row)
                 if not keep:
                     break
@@ -388,6 +390,12 @@ def _score(steps, target: list[int]) -> Score:
                  tuple(int(t) for t in predicted), tuple(target))
 
 
+def cut_text(text: str, stop: Sequence[str]) -> str:
+    """A generation as the caller gets it: cut at its first stop string, stripped."""
+    cut = _stop_at(text, stop)
+    return (text if cut is None else text[:cut]).strip()
+
+
 def _stop_at(text: str, stop: Sequence[str]) -> int | None:
     found = [i for i in (text.find(s) for s in stop if s) if i >= 0]
     return min(found) if found else None
@@ -436,9 +444,15 @@ _loaded: dict[tuple[str, str], LanguageModel] = {}
 _load_lock = threading.Lock()
 
 
-def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str = "cpu") -> LanguageModel:
+DTYPES = ("float32", "bfloat16")
+
+
+def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str = "cpu", dtype: str = "float32") -> LanguageModel:
     """Load a model by packaged short name or local path (cached per process), offline.
 
+    ``dtype`` is ``"float32"`` (the default: consolidation writes float32 deltas and the
+    measured answers are those) or ``"bfloat16"`` (about twice as fast on a CPU with
+    AVX-512 BF16, answers not always equal; ``bench/throughput.py --dtype`` measures both).
     Raises :class:`memedit.errors.ModelPackageError` for an unknown name, a missing
     package or a bad checksum, with the command that fixes it.
     """
@@ -446,15 +460,17 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str = "c
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    key = (str(name_or_path), device)
+    key = (str(name_or_path), device, dtype)
     with _load_lock:
         if key not in _loaded:
             folder = resolve(name_or_path)
             hf_logging.disable_progress_bar()
             try:
-                model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).to(device)
+                model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=getattr(torch, dtype)).to(device)
                 tokenizer = AutoTokenizer.from_pretrained(str(folder))
             finally:
                 hf_logging.enable_progress_bar()

@@ -21,7 +21,6 @@ it embedding the texts.
 from __future__ import annotations
 
 import json
-import os
 import random
 import sys
 import time
@@ -32,12 +31,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from memedit.embeddings import DEFAULT_EMBEDDER
+from memedit.model_files import DATA_ENV, data_dir
 
 from .detector import HEAD_FILE, HEAD_META, SCALARS, EditScope, Head
 from .entities import find_mention
 from .scope import ScopePair, best_threshold, scope_metrics, scope_pairs, split_by_statement
 
-DATA_ENV = "MEMEDIT_DATA"
 KNOWEDIT_FILES = {"zsre": "knowedit/ZsRE/ZsRE-test-all.json", "wiki_counterfact": "knowedit/wiki_counterfact/train_cf.json"}
 TRAIN_CASES = (200, 800)
 HIDDEN = 32
@@ -46,11 +45,6 @@ HIDDEN = 32
 # template pairs, the product gives fewer false hits on both; without them, it overfits KnowEdit.
 RELATION_VECTOR = True
 TEMPLATE_ROUNDS = 3  # the template pairs are drawn three times (other names, other negatives) to weigh them
-
-
-def data_dir() -> Path:
-    """Where the benchmark data lives: ``$MEMEDIT_DATA`` (default ``/work/shared/data``)."""
-    return Path(os.environ.get(DATA_ENV, "/work/shared/data"))
 
 
 def knowedit_training_pairs(data: Path | None = None, cases: tuple[int, int] = TRAIN_CASES, seed: int = 0) -> list[ScopePair]:

@@ -9,24 +9,23 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import sqlite3
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
-
-from memedit import EditedModel, Memory
-from memedit.cli import main
-from memedit.errors import ConflictError
 from memedit.eval.knowedit import load_knowedit
-from memedit.models import LanguageModel
 from memedit.param_editors import key_covariance, stats
 from memedit.param_editors.consolidate import LOCALITY_PROMPTS
 from memedit.param_editors.deltas import tensor_sha256
 
-WCF = Path(os.environ.get("MEMEDIT_DATA", "/work/shared/data")) / "knowedit" / "wiki_counterfact" / "train_cf.json"
+from memedit import EditedModel, Memory
+from memedit.cli import main
+from memedit.errors import ConflictError
+from memedit.model_files import data_dir
+from memedit.models import LanguageModel
+
+WCF = data_dir() / "knowedit" / "wiki_counterfact" / "train_cf.json"
 STATS_TOKENS = 4096  # small, so the suite computes the statistics in seconds
 EDIT = dict(subject="Eiffel Tower", prompt="The {} is located in the city of", target="Rome")
 # Unrelated prompts, none of them in the verification's own locality sample.
@@ -293,7 +292,6 @@ def test_cli_consolidate_list_and_revert(lm, tmp_path, monkeypatch, capsys):
 
 def test_a_black_box_model_is_warned_that_it_cannot_carry_consolidated_edits(rome_batch):
     from langchain_core.language_models.fake_chat_models import FakeListChatModel
-
     from memedit.adapters.langchain import LangChainBackend
 
     memory = rome_batch[0]

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
-from pathlib import Path
 
 import pytest
+from memedit.eval.cases import METRICS
+from memedit.eval.knowedit import (
+    DataError,
+    detect_dataset,
+    load_knowedit,
+    load_probe_jsonl,
+)
 
 from memedit.errors import MemeditError
-from memedit.eval.cases import METRICS
-from memedit.eval.knowedit import DataError, detect_dataset, load_knowedit, load_probe_jsonl
+from memedit.model_files import data_dir
 
-DATA = Path(os.environ.get("MEMEDIT_DATA", "/work/shared/data"))
+DATA = data_dir()
 ZSRE = DATA / "knowedit" / "ZsRE" / "ZsRE-test-all.json"
 WIKI_CF = DATA / "knowedit" / "wiki_counterfact" / "train_cf.json"
 needs_data = pytest.mark.skipif(not (ZSRE.is_file() and WIKI_CF.is_file()), reason=f"KnowEdit files not under {DATA} (set MEMEDIT_DATA)")

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from memedit.cli import main
-from memedit.edited_model import make_router
 from memedit.eval.knowedit import load_probe_jsonl
 from memedit.eval.runner import evaluate
 from memedit.retrievers.scope import EmbeddingScope
+
+from memedit.cli import main
+from memedit.edited_model import make_router
+from memedit.model_files import data_dir
 
 CASES = [
     {"id": "tokyo", "edit": {"subject": "Tokyo", "prompt": "{} is the capital of", "target": "Canada"},
@@ -81,10 +82,8 @@ def test_cli_eval_errors_name_the_problem(tmp_path, capsys):
 
 
 def test_cli_dataset_flag_names_a_file_whose_name_does_not(lm, tmp_path, capsys):
-    import os
-    from pathlib import Path
 
-    source = Path(os.environ.get("MEMEDIT_DATA", "/work/shared/data")) / "knowedit" / "ZsRE" / "ZsRE-test-all.json"
+    source = data_dir() / "knowedit" / "ZsRE" / "ZsRE-test-all.json"
     records = json.loads(source.read_text(encoding="utf-8"))[:1]
     neutral = tmp_path / "edits.json"
     neutral.write_text(json.dumps(records), encoding="utf-8")

@@ -262,6 +262,46 @@ def test_black_box_backend_runs_a_chat_session(facts_memory):
     assert "Alice's manager is Bob." in recorder.calls[0][-1].content
 
 
+class SlowParrot(ParrotFakeChatModel):
+    """Replies with the last message after a short wait, recording how many calls overlap."""
+
+    def _generate(self, messages, stop=None, run_manager=None, **kwargs):
+        import threading
+        import time
+
+        with LOCK:
+            FLIGHT["now"] += 1
+            FLIGHT["most"] = max(FLIGHT["most"], FLIGHT["now"])
+        time.sleep(0.15)
+        with LOCK:
+            FLIGHT["now"] -= 1
+        assert isinstance(threading.current_thread(), threading.Thread)
+        return super()._generate(messages, stop=stop, run_manager=run_manager, **kwargs)
+
+
+import threading  # noqa: E402
+
+LOCK = threading.Lock()
+FLIGHT = {"now": 0, "most": 0}
+
+
+def test_black_box_backend_sends_a_batch_as_bounded_concurrent_calls():
+    from memedit.models import Prompt, Request
+    from memedit.retrievers.steps import Failed, run_many
+
+    FLIGHT.update(now=0, most=0)
+    backend = LangChainBackend(SlowParrot())
+    requests = [Request(Prompt("", f"reply {i}. second line {i}"), 8, (".",) if i % 2 else ("\n",)) for i in range(9)]
+    texts = backend.generate_many(requests, batch_size=3)
+    assert texts == [f"reply {i}" if i % 2 else f"reply {i}. second line {i}" for i in range(9)]
+    assert FLIGHT["most"] == 3  # parallel work, never more than batch_size at once
+    # the scheduler drives black-box models the same way: one bad request fails alone
+    def machine(text):
+        return (yield Request(Prompt("", text), 8, ()))
+    results = run_many(backend, [machine("fine"), machine(""), machine("also fine")], batch_size=3)
+    assert results[0] == "fine" and results[2] == "also fine" and isinstance(results[1], Failed)
+
+
 def test_local_chat_model_streams_what_the_model_generates(lm):
     chat = LocalChatModel(model=lm, max_new_tokens=12)
     pieces = [c.content for c in chat.stream([HumanMessage("Name three colours.")])]

@@ -114,18 +114,86 @@ def test_score_agrees_with_generation(lm):
         lm.score(prompt, "")
 
 
-def test_batched_generation_matches_one_at_a_time(lm):
-    prompts = [lm.chat([{"role": "user", "content": q}]) for q in
-               ("Name a primary colour.", "What is two plus two?", "Say hello in French.")]
-    assert lm.generate_batch(prompts, max_new_tokens=12, batch_size=3) == [lm.generate(p, max_new_tokens=12) for p in prompts]
+QUESTIONS = ("Name a primary colour.", "What is two plus two?", "Say hello in French.", "Who wrote Hamlet?",
+             "What is the capital of Peru? Explain at length.", "x", "List three fruits, one per line.")
+
+
+def test_batched_generation_is_token_for_token_one_at_a_time(lm):
+    """Rows of different lengths, with and without a cached prefix, each with its own stop
+    strings and budget, decoded together: the same text as each one alone."""
+    from memedit.models import Request
+
+    system = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hi"},
+              {"role": "assistant", "content": "Hello."}]
+    plain = [lm.chat([{"role": "user", "content": q}]) for q in QUESTIONS]
+    cached = [lm.chat(system + [{"role": "user", "content": q}], cache_turns=3) for q in QUESTIONS]
+    assert all(p.prefix for p in cached) and not any(p.prefix for p in plain)
+    stops = [(), ("\n",), (".",), ("Paris", "\n\n")]
+    requests = [Request(p, 6 + 5 * (i % 4), stops[i % 4]) for i, p in enumerate(plain + cached)]
+    alone = [lm.generate(r.prompt, max_new_tokens=r.max_new_tokens, stop=r.stop) for r in requests]
+    assert lm.generate_many(requests, batch_size=5) == alone
+    assert lm.generate_many(requests, batch_size=1) == alone
+    assert len(set(alone)) > len(alone) // 2  # real, varied answers, not one repeated text
+
+
+def test_teacher_forced_scores_in_a_batch_are_those_of_one_at_a_time(lm):
+    system = [{"role": "system", "content": "You are terse."}]
+    items = [(lm.chat([{"role": "user", "content": q}]), " " + answer) for q, answer in
+             zip(QUESTIONS, ("Red", "Four", "Bonjour", "William Shakespeare", "Lima, a city", "y", "apple"))]
+    items += [(lm.chat(system + [{"role": "user", "content": p.body}], cache_turns=1), c) for p, c in items[:3]]
+    alone = [lm.score(p, c) for p, c in items]
+    batched = lm.score_many(items, batch_size=4)
+    assert [s.predicted_ids for s in batched] == [s.predicted_ids for s in alone]
+    assert [s.logprob for s in batched] == pytest.approx([s.logprob for s in alone], abs=1e-3)
+    with pytest.raises(ValueError, match=r"items\[1\].*empty"):
+        lm.score_many([items[0], (items[1][0], "")])
+
+
+def test_bad_requests_are_named_before_anything_runs(lm):
+    from memedit.models import Request
+
+    good = Request(lm.chat([{"role": "user", "content": "Hi"}]), 4)
+    with pytest.raises(ValueError, match=r"requests\[1\].*empty"):
+        lm.generate_many([good, Request(Prompt("", ""), 4)])
+    with pytest.raises(ValueError, match=r"requests\[0\].*max_new_tokens"):
+        lm.generate_many([Request(good.prompt, 0)])
+    with pytest.raises(ValueError, match="batch_size"):
+        lm.generate_many([good], batch_size=0)
+    # a stop string that never comes: the budget ends the row, and the others are unaffected
+    never = Request(good.prompt, 5, ("<never comes>",))
+    assert lm.generate_many([never, good]) == [lm.generate(good.prompt, max_new_tokens=5, stop=never.stop),
+                                               lm.generate(good.prompt, max_new_tokens=4)]
+
+
+def test_a_huge_prompt_is_decoded_in_a_smaller_batch(lm, monkeypatch):
+    from memedit import models
+
+    monkeypatch.setattr(models, "MAX_BATCH_TOKENS", 200)
+    huge = lm.chat([{"role": "user", "content": "Repeat after me: " + "la " * 150}])
+    small = [lm.chat([{"role": "user", "content": q}]) for q in QUESTIONS[:3]]
+    assert len(lm.prompt_ids(huge)) > 150
+    prompts = [small[0], huge, *small[1:]]
+    assert lm.generate_batch(prompts, max_new_tokens=6, batch_size=4) == [lm.generate(p, max_new_tokens=6) for p in prompts]
 
 
 def test_streamed_pieces_join_to_the_batched_generation(lm):
     """Streaming holds back text that may become a stop string, and still loses nothing:
-    compared with Hugging Face's own generate (the batched path), not with itself."""
+    compared with Hugging Face's own generate, not with itself."""
     prompt = lm.chat([{"role": "user", "content": "Count from one to ten, separated by commas."}])
     for stop in ((), ("\n",), (", 5",)):
         pieces = list(lm.stream(prompt, max_new_tokens=20, stop=stop))
         assert len(pieces) > 1 and all(pieces)
-        assert "".join(pieces) == lm.generate_batch([prompt], max_new_tokens=20, stop=stop)[0]
+        assert "".join(pieces) == _hugging_face_greedy(lm, prompt, 20, stop)
     assert ", 5" not in "".join(pieces) and "4" in "".join(pieces)
+
+
+def _hugging_face_greedy(lm, prompt, max_new_tokens, stop):
+    """Greedy text from Hugging Face's own ``generate``, cut at the first stop string and stripped."""
+    import torch
+
+    ids = torch.tensor([lm.prompt_ids(prompt)])
+    out = lm.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                            do_sample=False, eos_token_id=sorted(lm._eos_ids()), pad_token_id=lm.tokenizer.pad_token_id)
+    text = lm.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    cuts = [i for i in (text.find(s) for s in stop) if i >= 0]
+    return (text[:min(cuts)] if cuts else text).strip()

@@ -4,21 +4,26 @@ and the MeLLo and PokeMQA chains on SmolLM2 (mechanics, not accuracy)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-
 from memedit.eval.knowedit import DataError
 from memedit.eval.mquake import batches, chain_matches, load_mquake, score_case
-from memedit.eval.mquake_runner import RunMismatch, classify_failure, evaluate_mquake, read_done
+from memedit.eval.mquake_runner import (
+    RunMismatch,
+    classify_failure,
+    evaluate_mquake,
+    read_done,
+)
 from memedit.retrievers.mello import MeLLoRouter
 from memedit.retrievers.pokemqa import PokeMQARouter
 from memedit.retrievers.scope import EmbeddingScope
 
-HARD = Path(os.environ.get("MEMEDIT_DATA", "/work/shared/data")) / "mquake-hard" / "MQuAKE-hard.json"
+from memedit.model_files import data_dir
+
+HARD = data_dir() / "mquake-hard" / "MQuAKE-hard.json"
 
 
 @pytest.fixture(scope="module")
