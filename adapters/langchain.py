@@ -36,7 +36,7 @@ from memedit.edited_model import PROMPT_ROUTERS, make_router
 from memedit.errors import MemeditError
 from memedit.memory import Hit, Memory
 from memedit.models import (DEFAULT_BATCH_SIZE, DEFAULT_MAX_NEW_TOKENS, Prompt, Request, VisibleText, as_prompt,
-                            check_batch_size, check_request, cut_text)
+                            check_batch_size, check_request, cut_at_stop)
 
 __all__ = ["MemoryRetriever", "memory_tools", "RememberFact", "ForgetFact", "RetractEdit", "SearchMemory",
            "MemoryChatModel", "LangChainBackend", "LocalChatModel", "CHAT_SYSTEM"]
@@ -118,7 +118,7 @@ class LangChainBackend:
 
     def generate_batch(self, prompts: Sequence[Prompt | str], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
                        stop: Sequence[str] = ("\n",), batch_size: int = DEFAULT_BATCH_SIZE) -> list[str]:
-        return self.generate_many([Request(as_prompt(p), max_new_tokens, tuple(stop)) for p in prompts], batch_size)
+        return self.generate_many(Request.each(prompts, max_new_tokens, stop), batch_size)
 
     def generate_many(self, requests: Sequence[Request], batch_size: int = DEFAULT_BATCH_SIZE) -> list[str]:
         """Every request sent at once as concurrent calls, at most ``batch_size`` in flight
@@ -128,7 +128,7 @@ class LangChainBackend:
         requests = [check_request(r, i) for i, r in enumerate(requests)]
         replies = self.chat_model.batch([self._messages(r.prompt) for r in requests],
                                         config={"max_concurrency": batch_size})
-        return [cut_text(reply.text, request.stop) for request, reply in zip(requests, replies)]
+        return [cut_at_stop(reply.text, request.stop)[0] for request, reply in zip(requests, replies)]
 
     def __repr__(self) -> str:
         return f"LangChainBackend({self.name!r})"

@@ -42,6 +42,8 @@ class BaseAnswers:
 
     def fill(self, questions: Iterable[str]) -> None:
         todo = list(dict.fromkeys(q for q in questions if q not in self._texts))
+        if not todo:
+            return
         requests = [Request(self.router.base_prompt(q), self.router.max_new_tokens) for q in todo]
         self._texts.update(zip(todo, self.router.model.generate_many(requests, batch_size=self.batch_size)))
 

@@ -62,6 +62,11 @@ class Request:
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     stop: tuple[str, ...] = ("\n",)
 
+    @classmethod
+    def each(cls, prompts: Sequence["Prompt | str"], max_new_tokens: int, stop: Sequence[str]) -> list["Request"]:
+        """One request per prompt, all with the same budget and stop strings."""
+        return [cls(as_prompt(p), max_new_tokens, tuple(stop)) for p in prompts]
+
 
 def as_prompt(prompt: Prompt | str) -> Prompt:
     return prompt if isinstance(prompt, Prompt) else Prompt("", prompt)
@@ -87,19 +92,22 @@ def check_request(request: object, index: int = 0) -> Request:
     return request
 
 
-def _chunks(items: list[int], costs: list[int], batch_size: int) -> Iterator[list[int]]:
-    """Consecutive runs of ``items``, at most ``batch_size`` long, each within MAX_BATCH_TOKENS
-    (its longest cost times its length); an item over the budget alone goes alone."""
-    run: list[int] = []
-    longest = 0
-    for item, cost in zip(items, costs):
-        if run and (len(run) == batch_size or max(longest, cost) * (len(run) + 1) > MAX_BATCH_TOKENS):
-            yield run
-            run, longest = [], 0
-        run.append(item)
-        longest = max(longest, cost)
-    if run:
-        yield run
+def _row_batches(prefixes: Sequence[str], costs: Sequence[int], batch_size: int) -> Iterator[tuple[str, list[int]]]:
+    """(prefix, row indexes) of the rows to run together: rows grouped by their cached prefix,
+    cheapest first, in runs of at most ``batch_size`` whose cost (rows x the longest row's
+    tokens) stays within MAX_BATCH_TOKENS; a row over that budget goes alone."""
+    groups: dict[str, list[int]] = {}
+    for i, prefix in enumerate(prefixes):
+        groups.setdefault(prefix, []).append(i)
+    for prefix, members in groups.items():
+        run: list[int] = []
+        for i in sorted(members, key=lambda i: costs[i]):
+            if run and (len(run) == batch_size or costs[i] * (len(run) + 1) > MAX_BATCH_TOKENS):
+                yield prefix, run
+                run = []
+            run.append(i)
+        if run:
+            yield prefix, run
 
 
 class LanguageModel:
@@ -223,7 +231,7 @@ class LanguageModel:
                        stop: Sequence[str] = ("\n",), batch_size: int = DEFAULT_BATCH_SIZE) -> list[str]:
         """Greedy continuations of many prompts with one budget and one set of stop strings;
         see :meth:`generate_many`."""
-        return self.generate_many([Request(as_prompt(p), max_new_tokens, tuple(stop)) for p in prompts], batch_size)
+        return self.generate_many(Request.each(prompts, max_new_tokens, stop), batch_size)
 
     def generate_many(self, requests: Sequence[Request], batch_size: int = DEFAULT_BATCH_SIZE) -> list[str]:
         """The greedy continuation of every request, each cut at its own stop strings and
@@ -235,17 +243,13 @@ class LanguageModel:
         all rows end together. A finished row leaves the batch at once."""
         check_batch_size(batch_size)
         requests = [check_request(r, i) for i, r in enumerate(requests)]
+        bodies = [self._ids(r.prompt.body) for r in requests]
         results: list[str] = [""] * len(requests)
-        groups: dict[str, list[int]] = {}
-        for i, request in enumerate(requests):
-            groups.setdefault(request.prompt.prefix, []).append(i)
-        for prefix, members in groups.items():
-            bodies = {i: self._ids(requests[i].prompt.body) for i in members}
-            members.sort(key=lambda i: len(bodies[i]))
-            for rows in _chunks(members, [len(bodies[i]) + requests[i].max_new_tokens for i in members], batch_size):
-                texts = self._decode_rows(prefix, [bodies[i] for i in rows], [requests[i] for i in rows])
-                for i, text in zip(rows, texts):
-                    results[i] = text
+        costs = [len(b) + r.max_new_tokens for b, r in zip(bodies, requests)]
+        for prefix, rows in _row_batches([r.prompt.prefix for r in requests], costs, batch_size):
+            texts = self._decode_rows(prefix, [bodies[i] for i in rows], [requests[i] for i in rows])
+            for i, text in zip(rows, texts):
+                results[i] = text
         return results
 
     def _batch_cache(self, prefix: str, rows: int):
@@ -295,8 +299,8 @@ class LanguageModel:
                     new[i].append(token)
                     self.tokens_generated += 1
                     full = self.tokenizer.decode(new[i], skip_special_tokens=True)
-                    texts[i] = cut_text(full, request.stop)
-                    if _stop_at(full, request.stop) is None and len(new[i]) < request.max_new_tokens:
+                    texts[i], stopped = cut_at_stop(full, request.stop)
+                    if not stopped and len(new[i]) < request.max_new_tokens:
                         keep.append(row)
                 if not keep:
                     break
@@ -343,21 +347,17 @@ class LanguageModel:
                 raise ValueError(f"items[{i}]: the prompt's body is empty; put at least one token after the cached prefix")
             rows.append((prompt, self._ids(prompt.body), target))
         scores: list[Score | None] = [None] * len(rows)
-        groups: dict[str, list[int]] = {}
-        for i, (prompt, _, _) in enumerate(rows):
-            groups.setdefault(prompt.prefix, []).append(i)
-        for prefix, members in groups.items():
-            members.sort(key=lambda i: len(rows[i][1]) + len(rows[i][2]))
-            for chunk in _chunks(members, [len(rows[i][1]) + len(rows[i][2]) for i in members], batch_size):
-                keep = max(len(rows[i][2]) for i in chunk) + 1
-                with self._lock, torch.inference_mode():
-                    prefix_ids, cache = self._batch_cache(prefix, len(chunk))
-                    ids, mask, positions = self._padded(len(prefix_ids), [rows[i][1] + rows[i][2] for i in chunk])
-                    logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
-                                        use_cache=False, logits_to_keep=keep).logits
-                for row, i in enumerate(chunk):
-                    target = rows[i][2]
-                    scores[i] = _score(logits[row, keep - len(target) - 1:keep - 1], target)
+        costs = [len(body) + len(target) for _, body, target in rows]
+        for prefix, chunk in _row_batches([prompt.prefix for prompt, _, _ in rows], costs, batch_size):
+            keep = max(len(rows[i][2]) for i in chunk) + 1
+            with self._lock, torch.inference_mode():
+                prefix_ids, cache = self._batch_cache(prefix, len(chunk))
+                ids, mask, positions = self._padded(len(prefix_ids), [rows[i][1] + rows[i][2] for i in chunk])
+                logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
+                                    use_cache=False, logits_to_keep=keep).logits
+            for row, i in enumerate(chunk):
+                target = rows[i][2]
+                scores[i] = _score(logits[row, keep - len(target) - 1:keep - 1], target)
         return scores
 
     def _eos_ids(self) -> set[int]:
@@ -390,10 +390,11 @@ def _score(steps, target: list[int]) -> Score:
                  tuple(int(t) for t in predicted), tuple(target))
 
 
-def cut_text(text: str, stop: Sequence[str]) -> str:
-    """A generation as the caller gets it: cut at its first stop string, stripped."""
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """A generation as the caller gets it (cut at its first stop string, stripped), and
+    whether a stop string came."""
     cut = _stop_at(text, stop)
-    return (text if cut is None else text[:cut]).strip()
+    return (text if cut is None else text[:cut]).strip(), cut is not None
 
 
 def _stop_at(text: str, stop: Sequence[str]) -> int | None:
@@ -419,9 +420,8 @@ class VisibleText:
         self.stopped = False
 
     def _final(self) -> str:
-        cut = _stop_at(self.full, self.stop)
-        self.stopped = cut is not None
-        return (self.full if cut is None else self.full[:cut]).strip()
+        final, self.stopped = cut_at_stop(self.full, self.stop)
+        return final
 
     def update(self, full: str) -> str:
         self.full = full
