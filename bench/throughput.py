@@ -6,9 +6,11 @@ Run from the repository root (one process; give it the machine):
     python bench/throughput.py --model smollm2-135m --dtype bfloat16     # bfloat16 beside float32
     python bench/throughput.py --device cuda --batch-size 32               # where a GPU is lent
 
-Two workloads, each run twice in this process, first with ``--batch-size 1`` (every
+Three workloads, each run twice in this process, first with ``--batch-size 1`` (every
 generation and teacher-forced score alone, as before batching), then batched:
 
+- chat questions: ``--prompts`` short questions with the routers' answer system prompt
+  (cached prefix), up to 24 tokens each (``LanguageModel.generate_many`` alone);
 - KnowEdit wiki_counterfact, SERAC, the first N cases in one memory, both scorings (the
   ``memedit eval knowedit`` path: ``eval.runner.evaluate``);
 - MQuAKE-hard, PokeMQA with the edit detector, k = 1, the first N cases (the
@@ -31,6 +33,26 @@ import time
 from pathlib import Path
 
 from memedit.model_files import data_dir
+
+
+QUESTIONS = ("What is the capital of Peru?", "Who wrote Hamlet?", "Name a primary colour.", "What is two plus two?",
+             "Which river flows through Cairo?", "Who painted the Mona Lisa?", "What language is spoken in Brazil?",
+             "Where is Mount Fuji?", "Who discovered penicillin?", "What is the largest ocean?", "Which planet is red?",
+             "Who founded Microsoft?", "What is the currency of Japan?", "In which country is Toronto?",
+             "Who composed the Magic Flute?", "What is H2O?")
+
+
+def prompts_run(lm, count: int, batch_size: int) -> dict:
+    from memedit.models import Request
+    from memedit.retrievers.base import ANSWER_SYSTEM
+
+    questions = [QUESTIONS[i % len(QUESTIONS)] + ("" if i < len(QUESTIONS) else f" ({i})") for i in range(count)]
+    requests = [Request(lm.chat([{"role": "system", "content": ANSWER_SYSTEM}, {"role": "user", "content": q}],
+                                cache_turns=1), 24, ()) for q in questions]
+    tokens, started = lm.tokens_generated, time.perf_counter()
+    answers = lm.generate_many(requests, batch_size=batch_size)
+    return {"seconds": time.perf_counter() - started, "cases": count, "tokens": lm.tokens_generated - tokens,
+            "answers": answers}
 
 
 def knowedit_run(lm, cases, batch_size: int) -> dict:
@@ -109,6 +131,7 @@ def print_row(row: dict, batch_size: int) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="qwen2.5-1.5b")
+    parser.add_argument("--prompts", type=int, default=16, help="short chat questions (0: skip)")
     parser.add_argument("--knowedit-cases", type=int, default=16, help="KnowEdit wiki_counterfact cases (0: skip)")
     parser.add_argument("--mquake-cases", type=int, default=16, help="MQuAKE-hard cases (0: skip)")
     parser.add_argument("--batch-size", type=int, default=None, help="rows decoded together (default: the library's)")
@@ -139,6 +162,8 @@ def main() -> int:
     lm.generate("Hello", max_new_tokens=2)
     rows = []
     workloads = []
+    if args.prompts:
+        workloads.append(("chat questions, generate_many", lambda model, b: prompts_run(model, args.prompts, b)))
     if args.knowedit_cases:
         cases = load_knowedit(data_dir() / "knowedit" / "wiki_counterfact" / "train_cf.json", limit=args.knowedit_cases)
         workloads.append(("KnowEdit wiki_counterfact, SERAC", lambda model, b: knowedit_run(model, cases, b)))
