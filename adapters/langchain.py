@@ -371,10 +371,15 @@ def _fields(**values: Any) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
 
-class RememberInput(BaseModel):
-    statement: str | None = Field(None, description="The fact as one sentence, e.g. 'Alice's manager is Bob.'")
+class _StructuredFact(BaseModel):
+    """The fields that locate a structured fact (remember_fact and forget_fact both take them)."""
+
     subject: str | None = Field(None, description="For a structured fact: who or what it is about, e.g. 'Alice'")
     prompt: str | None = Field(None, description="For a structured fact: a sentence start with {} for the subject, e.g. \"{}'s manager is\"")
+
+
+class RememberInput(_StructuredFact):
+    statement: str | None = Field(None, description="The fact as one sentence, e.g. 'Alice's manager is Bob.'")
     target: str | None = Field(None, description="For a structured fact: the answer, e.g. 'Bob'")
     old_target: str | None = Field(None, description="The answer this fact corrects, if any")
 
@@ -393,10 +398,8 @@ class RememberFact(_MemoryTool):
         return f"Remembered edit {edit.id} ({edit.kind}): {edit.statement}{replaced}"
 
 
-class ForgetInput(BaseModel):
+class ForgetInput(_StructuredFact):
     statement: str | None = Field(None, description="The fact that must no longer be told, as one sentence")
-    subject: str | None = Field(None, description="For a structured fact: who or what it is about")
-    prompt: str | None = Field(None, description="For a structured fact: a sentence start with {} for the subject")
     old_target: str | None = Field(None, description="The answer that must no longer be given, if known")
 
 

@@ -222,7 +222,8 @@ def timed(fn, items) -> list[float]:
 
 def exact_recall(memory: Memory, qvecs: np.ndarray) -> float:
     """Mean recall@K of the index's answers against numpy brute force over the stored vectors."""
-    store, index = memory._store, memory.index
+    index = memory.index
+    store = index.store
     rids = store.active_rids(memory.namespace)
     cached = store.vectors(rids, index.embedder)
     matrix = np.stack([cached[int(r)] for r in rids])
@@ -246,7 +247,7 @@ def measure_search(memory: Memory, questions: list[str], qvecs: np.ndarray) -> d
     sync = timed(lambda _: index.sync(), qvecs)
     faiss_only = timed(lambda v: index.search(v, K), qvecs)
     hits = [index.search(v, K) for v in qvecs]
-    rows = timed(lambda h: memory._store.rows_by_rid(memory.namespace, [rid for rid, _ in h]), hits)
+    rows = timed(lambda h: index.store.rows_by_rid(memory.namespace, [rid for rid, _ in h]), hits)
     return {
         "index_kind": index.kind, "active": len(index.live), "dead_in_index": len(index.dead),
         "ef_search": memedit.index.HNSW_EF_SEARCH if index.kind == "hnsw" else None,

@@ -11,7 +11,7 @@ Two measurements, every detector in the same run:
    ``train_cf.json``, which training never reads): an edit's reliability, generality and
    portability prompts are in scope of it; its locality prompts (same subject, another
    relation), the same relation about another subject and random other prompts are out
-   (``memedit.retrievers.scope.scope_pairs``). Precision, recall and F1, and the share
+   (``memedit.retrievers.scope_pairs.scope_pairs``). Precision, recall and F1, and the share
    called in scope per pair kind.
 2. **People's wordings** (``bench/data/natural_scope.jsonl``: edits about invented entities,
    questions written as a person types them, the same entities' other relations and
@@ -41,10 +41,10 @@ from memedit.embeddings import get_embedder
 from memedit.eval.knowedit import load_knowedit
 from memedit.eval.scope_eval import evaluate_scope, load_scope_questions
 from memedit.retrievers.detector import EditScope, StatementScope
-from memedit.retrievers.scope import (DEFAULT_MAX_LENGTH, CrossEncoderScope, EmbeddingScope, ScopePair,
-                                      scope_metrics, scope_pairs)
+from memedit.retrievers.scope import DEFAULT_MAX_LENGTH, CrossEncoderScope, EmbeddingScope, ScopePair
 from memedit.model_files import data_dir
-from memedit.retrievers.scope_training import KNOWEDIT_FILES
+from memedit.retrievers.scope_pairs import calibrate, scope_metrics, scope_pairs
+from memedit.retrievers.scope_training import KNOWEDIT_FILES, train_cross_encoder
 from memedit.retrievers.serac import default_scope_path
 
 EVAL_CASES = 200
@@ -103,14 +103,14 @@ def main(argv: list[str] | None = None) -> int:
     embedder = get_embedder()
     classifiers = {"edit": EditScope(embedder, folder=args.head)}
     cosine = EmbeddingScope(embedder)
-    cosine.calibrate(train)
+    calibrate(cosine, train)
     classifiers["embedding"] = StatementScope(cosine)
     if not args.no_cross_encoder:
         if args.reuse:
             cross = CrossEncoderScope.load(out)
         else:
-            cross = CrossEncoderScope.train(train, out, epochs=2, batch_size=32, lr=3e-5, seed=args.seed,
-                                            max_length=DEFAULT_MAX_LENGTH)
+            cross = train_cross_encoder(train, out, epochs=2, batch_size=32, lr=3e-5, seed=args.seed,
+                                        max_length=DEFAULT_MAX_LENGTH)
         classifiers["cross-encoder"] = StatementScope(cross)
     edits, questions = load_scope_questions(args.natural)
     results: dict = {"eval_cases_per_set": EVAL_CASES, "eval_pairs": {k: len(v) for k, v in evaluation.items()},

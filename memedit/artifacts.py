@@ -6,15 +6,14 @@ metadata). Saving writes the file first (atomically, under a name that contains 
 checksum), then commits the row in one transaction, then deletes the file it replaced:
 a crash leaves the old artifact or the new one, never half of one. Loading checks the
 file's SHA-256 against the row and raises :class:`ArtifactError` if they differ. Every
-read and write is scoped to one namespace. Used by the GRACE codebook; generic enough
-for weight deltas.
+read and write is scoped to one namespace. ``Memory.artifacts`` gives a namespace's;
+the GRACE codebook and the consolidation deltas are kept this way.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import tempfile
 import threading
@@ -24,6 +23,7 @@ from typing import Any
 
 from .edit import utc_now
 from .errors import MemeditError
+from .files import check_sha256, write_atomic
 from .store import Store
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9._/-]{1,200}$")
@@ -71,11 +71,6 @@ class Artifacts:
         space = hashlib.sha256(namespace.encode("utf-8")).hexdigest()[:16]
         self.folder = Path(folder) / space
 
-    @classmethod
-    def for_memory(cls, memory) -> "Artifacts":
-        """The artifacts of ``memory``'s namespace, sharing its connection and lock."""
-        return cls(memory._store, memory.namespace, lock=memory._shared.lock)
-
     def save(self, name: str, tensors: dict[str, Any], meta: dict[str, Any] | None = None) -> ArtifactRef:
         """Save ``tensors`` (name -> torch tensor) as artifact ``name`` with JSON-able ``meta``; returns its ref."""
         from safetensors.torch import save as to_bytes
@@ -90,7 +85,7 @@ class Artifacts:
         digest = hashlib.sha256(data).hexdigest()
         self.folder.mkdir(parents=True, exist_ok=True)
         file = f"{name.replace('/', '__')}-{digest[:16]}.safetensors"
-        _write_atomic(self.folder / file, data)
+        write_atomic(self.folder / file, data)
         with self._lock:
             old = self.ref(name)
             with self.store.write():
@@ -127,11 +122,9 @@ class Artifacts:
         except OSError as err:
             raise ArtifactError(f"artifact {name!r} of namespace {self.namespace!r}: cannot read {path} ({err}); "
                                 f"restore the file, or delete the artifact so it is rebuilt") from None
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != ref.sha256:
-            raise ArtifactError(f"artifact {name!r} of namespace {self.namespace!r}: {path} has SHA-256 {digest[:16]}..., "
-                                f"the store records {ref.sha256[:16]}...; the file was changed or corrupted: "
-                                f"restore it, or delete the artifact so it is rebuilt")
+        check_sha256(path, ref.sha256, "the store records the expected one: the file was changed or corrupted; "
+                                       "restore it, or delete the artifact so it is rebuilt",
+                     data=data, error=ArtifactError, what=f"artifact {name!r} of namespace {self.namespace!r} ({path})")
         return from_bytes(data), ref
 
     def delete(self, name: str) -> bool:
@@ -157,11 +150,3 @@ def _check_name(name: Any) -> None:
         raise ValueError(f"artifact name must be 1-200 characters of letters, digits, '.', '_', '-' and '/' "
                          f"(no '..'), got {name!r}")
 
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)

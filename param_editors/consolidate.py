@@ -6,7 +6,8 @@ greedy continuation of its cloze prompt start with the target?) and a locality s
 than ``max_locality_loss`` is rolled back, bit for bit, and its edits stay on the
 retrieval path. Otherwise the batch is journaled (see ``deltas``), the edits that took are
 marked ``consolidated`` and leave the retrieval path, and the ones that did not stay on it.
-``revert`` takes a batch out again.
+``revert`` takes a batch out again. This module handles the weights; the edits' statuses
+and their events are the memory's (``Memory.mark_consolidated`` and ``mark_reverted``).
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from memedit.artifacts import Artifacts
-from memedit.errors import ConflictError
 from memedit.layout import find_blocks, mlp_down
 from memedit.models import LanguageModel
 from memedit.store import StoredEdit
@@ -182,7 +181,7 @@ def consolidate(memory, model: LanguageModel, method: str = "memit", edits: Iter
     if not requests:
         report.reason = "no active triple edit with a target to consolidate"
         return report
-    with memory._shared.lock:
+    with memory.lock:
         journal.sync()
         _write_batch(memory, model, journal, chosen, requests, report, verify, max_locality_loss,
                      tuple(locality_prompts or LOCALITY_PROMPTS), progress, stats_root)
@@ -232,25 +231,20 @@ def _write_batch(memory, lm: LanguageModel, journal: WeightJournal, settings: Ed
         return
 
     batch = "b" + uuid.uuid4().hex[:12]
-    store, ns = memory._store, memory.namespace
+
+    def record(ids: list[str]) -> dict[str, Any]:
+        meta = {"batch": batch, "method": settings.method, "layers": list(settings.layers), "model": str(lm.name),
+                "edits": ids, "base_sha256": base_sha, "after_sha256": {n: tensor_sha256(params[n]) for n in touched}}
+        artifact = journal.record(batch, deltas, meta)
+        return {"artifact": artifact, "method": settings.method, "layers": list(settings.layers),
+                "model": str(lm.name), "locality": report.locality}
+
     try:
-        with store.write():
-            # An edit retracted by another writer while the batch was computed is not marked.
-            rows = [row for row in (store.row(ns, i) for i in good) if row["status"] == "active"]
-            good = [row["id"] for row in rows]
-            meta = {"batch": batch, "method": settings.method, "layers": list(settings.layers), "model": str(lm.name),
-                    "edits": good, "base_sha256": base_sha, "after_sha256": {n: tensor_sha256(params[n]) for n in touched}}
-            artifact = journal.record(batch, deltas, meta)
-            store.log(ns, None, None, "consolidate", batch=batch, artifact=artifact, method=settings.method,
-                      layers=list(settings.layers), edits=good, model=str(lm.name), locality=report.locality)
-            for row in rows:
-                store.set_status(row["rid"], "consolidated")
-                store.log(ns, row["id"], row["rid"], "consolidate", batch=batch, method=settings.method)
+        good = memory.mark_consolidated(batch, good, record)
     except BaseException:
         journal.set_weights(before)  # nothing was journaled, so the weights must not carry the batch
         raise
     journal.applied.append(batch)
-    memory.index.sync()
     report.batch, report.committed = batch, True
     for r in requests:
         if r.edit_id in good:
@@ -265,31 +259,16 @@ def revert(memory, batch: str, model: LanguageModel | None = None) -> list[str]:
     """Take ``batch`` out of force: its edits go back on the retrieval path (or become
     superseded, if a newer edit on the same subject and relation is active), its delta is
     deleted, and ``model`` (if given) is recomputed without it. Returns the edit ids."""
-    store, ns = memory._store, memory.namespace
-    with memory._shared.lock:
-        live = {b["batch"]: b for b in store.weight_batches(ns)}
-        if batch not in live:
-            known = ", ".join(live) or "none"
-            raise ConflictError(f"no consolidation batch {batch!r} is in force in namespace {ns!r} (in force: {known}); "
-                                f"memedit consolidate --list shows them")
-        info = live[batch]
-        back = []
-        with store.write():
-            for edit_id in info["edits"]:
-                row = store.row(ns, edit_id)
-                if row["status"] != "consolidated" or store.consolidated_batch(ns, edit_id) != batch:
-                    continue
-                newer = store.active_row_by_key(ns, row["key"]) if row["key"] else None
-                if newer is not None:
-                    store.set_status(row["rid"], "superseded", newer["id"])
-                    store.log(ns, edit_id, row["rid"], "supersede", by=newer["id"], after_revert_of=batch)
-                else:
-                    store.set_status(row["rid"], "active")
-                    store.log(ns, edit_id, row["rid"], "revert", batch=batch)
-                back.append(edit_id)
-            store.log(ns, None, None, "revert", batch=batch, edits=back)
+    with memory.lock:
+        info, back = memory.mark_reverted(batch)
         if model is not None:
             WeightJournal.attach(model, memory).sync()
-        Artifacts.for_memory(memory).delete(info["artifact"])
-        memory.index.sync()
+        memory.artifacts.delete(info["artifact"])
     return back
+
+
+def apply_consolidated(memory, model: LanguageModel) -> list[str]:
+    """Make ``model`` (a freshly loaded base model) carry ``memory``'s consolidation batches
+    in force; returns their ids."""
+    with memory.lock:
+        return WeightJournal.attach(model, memory).sync()

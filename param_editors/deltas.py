@@ -72,7 +72,7 @@ class WeightJournal:
 
     @property
     def artifacts(self) -> Artifacts:
-        return Artifacts.for_memory(self.memory)
+        return self.memory.artifacts
 
     def keep_base(self, names: list[str], expected: dict[str, str] | None = None) -> None:
         """Remember the current values of ``names`` as their base (once per parameter); with
@@ -100,7 +100,7 @@ class WeightJournal:
     def sync(self) -> list[str]:
         """Make the model carry exactly the store's batches in force (base + their deltas, in
         order); returns their ids. Cheap when nothing changed."""
-        batches = self.memory._store.weight_batches(self.memory.namespace)
+        batches = self.memory.weight_batches()
         ids = [b["batch"] for b in batches]
         if ids == self.applied:
             return ids

@@ -24,6 +24,8 @@ from typing import Sequence
 
 import torch
 
+from memedit.files import write_atomic
+from memedit.hooks import read_input
 from memedit.layout import find_blocks, mlp_down
 from memedit.model_files import cache_dir
 from memedit.models import LanguageModel
@@ -135,7 +137,7 @@ def key_covariance(lm: LanguageModel, layers: Sequence[int], tokens: int, root: 
 def _compute(lm: LanguageModel, layers: Sequence[int], tokens: int, progress: bool) -> dict[int, torch.Tensor]:
     from tqdm.auto import tqdm
 
-    from .tracing import pad, read_input, run_until
+    from .tracing import pad, run_until
 
     blocks = find_blocks(lm.model)
     downs = {layer: mlp_down(blocks[layer]) for layer in layers}
@@ -182,11 +184,10 @@ def _load(folder: Path, layer: int) -> torch.Tensor | None:
 def _save(folder: Path, layer: int, matrix: torch.Tensor, lm: LanguageModel, tokens: int) -> None:
     from safetensors.torch import save
 
-    from memedit.artifacts import _write_atomic
 
     data = save({"mom2": matrix.contiguous()})
     data_path, info_path = _paths(folder, layer)
-    _write_atomic(data_path, data)
+    write_atomic(data_path, data)
     info = {"sha256": hashlib.sha256(data).hexdigest(), "model": str(lm.name), "layer": layer, "tokens": tokens,
             "corpus": CORPUS_FILE, "corpus_sha256": corpus_sha256()}
-    _write_atomic(info_path, json.dumps(info, indent=1).encode())
+    write_atomic(info_path, json.dumps(info, indent=1).encode())

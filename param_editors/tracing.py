@@ -1,5 +1,6 @@
-"""Activation tracing: the requests an editor writes, their token positions, and hooks that
-read a module's input or output, or add a vector to its output, at the subject's last token.
+"""Activation tracing: the requests an editor writes, their token positions, and reading a
+module's input or output, or adding a vector to its output, at the subject's last token
+(with the hooks of :mod:`memedit.hooks`).
 
 Every editor works on the same positions: the last token of the subject inside a cloze
 prompt, under a few neutral context prefixes (so the edit does not hang on the prompt
@@ -9,12 +10,12 @@ so an edit is reproducible bit for bit.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import ContextManager, Sequence
 
 import torch
 
+from memedit import hooks
 from memedit.edit import Edit, fill_prompt
 from memedit.models import LanguageModel
 
@@ -79,75 +80,23 @@ def pad(lm: LanguageModel, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor,
     return ids.to(lm.device), mask.to(lm.device)
 
 
-def _hidden(output):
-    return output[0] if isinstance(output, tuple) else output
-
-
-@contextmanager
-def read_input(module: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
-    """Collect the module's first input of every forward pass while the block runs."""
-    seen: list[torch.Tensor] = []
-    handle = module.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
-    try:
-        yield seen
-    finally:
-        handle.remove()
-
-
-@contextmanager
-def read_output(module: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
-    """Collect the module's output (hidden states) of every forward pass while the block runs."""
-    seen: list[torch.Tensor] = []
-    handle = module.register_forward_hook(lambda _m, _a, out: seen.append(_hidden(out).detach()))
-    try:
-        yield seen
-    finally:
-        handle.remove()
-
-
-@contextmanager
-def add_to_output(module: torch.nn.Module, rows: Sequence[int], positions: Sequence[int], vectors: torch.Tensor) -> Iterator[None]:
+def add_to_output(module: torch.nn.Module, rows: Sequence[int], positions: Sequence[int],
+                  vectors: torch.Tensor) -> ContextManager[None]:
     """Add ``vectors[j]`` to the module's output at (``rows[j]``, ``positions[j]``) on every pass."""
     index_rows = torch.tensor(list(rows))
     index_pos = torch.tensor(list(positions))
 
-    def hook(_module, _args, output):
-        hidden = _hidden(output)
-        added = hidden.clone()
-        added[index_rows, index_pos] = added[index_rows, index_pos] + vectors.to(hidden.dtype)
-        return (added, *output[1:]) if isinstance(output, tuple) else added
+    def added(hidden: torch.Tensor) -> torch.Tensor:
+        out = hidden.clone()
+        out[index_rows, index_pos] = out[index_rows, index_pos] + vectors.to(hidden.dtype)
+        return out
 
-    handle = module.register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
-class _Stop(Exception):
-    """Raised by ``stop_after`` to end a forward pass once the deepest layer needed has run."""
-
-
-@contextmanager
-def stop_after(module: torch.nn.Module) -> Iterator[None]:
-    """End every forward pass right after ``module`` runs (the layers above are not needed)."""
-    def hook(_module, _args, _output):
-        raise _Stop
-
-    handle = module.register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
+    return hooks.replace_output(module, added)
 
 
 def run_until(lm: LanguageModel, ids: torch.Tensor, mask: torch.Tensor, module: torch.nn.Module) -> None:
     """Run the model on a batch only as far as ``module`` (hooks on it and below see the pass)."""
-    with stop_after(module):
-        try:
-            lm.model(input_ids=ids, attention_mask=mask, use_cache=False)
-        except _Stop:
-            pass
+    hooks.run_until(module, lambda: lm.model(input_ids=ids, attention_mask=mask, use_cache=False))
 
 
 def at_subject(lm: LanguageModel, requests: Sequence[Request], module: torch.nn.Module, which: str,
@@ -160,7 +109,7 @@ def at_subject(lm: LanguageModel, requests: Sequence[Request], module: torch.nn.
             ids, last = subject_tokens(lm, context, request)
             rows.append(ids)
             where.append(last)
-    reader = read_input if which == "input" else read_output
+    reader = hooks.read_input if which == "input" else hooks.read_output
     picked = []
     with torch.no_grad():
         for start in range(0, len(rows), batch_size):

@@ -17,9 +17,11 @@ from typing import Sequence
 
 import torch
 
+from memedit.hooks import read_output
+from memedit.layout import output_logits
 from memedit.models import LanguageModel
 
-from .tracing import CONTEXTS, Request, add_to_output, encode, essence_tokens, pad, read_output, subject_tokens
+from .tracing import CONTEXTS, Request, add_to_output, encode, essence_tokens, pad, subject_tokens
 
 EDITS_PER_BATCH = 8
 
@@ -101,9 +103,7 @@ def logits_at(lm: LanguageModel, ids: torch.Tensor, mask: torch.Tensor, at_rows:
     if body is model or head is None:
         return model(input_ids=ids, attention_mask=mask, use_cache=False).logits[at_rows, at_pos]
     hidden = body(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-    logits = head(hidden[at_rows, at_pos])
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    return torch.tanh(logits / cap) * cap if cap else logits
+    return output_logits(model, hidden[at_rows, at_pos])
 
 
 def _losses(logits: torch.Tensor, rows: _Rows, picked: list[int], reference: dict[int, torch.Tensor],

@@ -32,8 +32,9 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from memedit.edit import fill_prompt
-from memedit.embeddings import DEFAULT_EMBEDDER, sha256_file
+from memedit.embeddings import DEFAULT_EMBEDDER
 from memedit.errors import ModelPackageError
+from memedit.files import check_sha256
 
 from .entities import (KINDS, answer_clash, Mention, find_mention, fold, mask, mask_prompt, mentions_text, name_likeness, name_tokens,
                        tokens)
@@ -141,10 +142,7 @@ def load_head(folder: str | Path | None = None) -> tuple[Head, dict[str, Any]]:
         expected, threshold = meta["sha256"], float(meta["threshold"])
     except (ValueError, KeyError, TypeError) as exc:
         raise ModelPackageError(f"{meta_path} is damaged ({exc!r}); {fix}") from None
-    digest = sha256_file(weights)
-    if digest != expected:
-        raise ModelPackageError(f"{weights} has SHA-256 {digest}, but {HEAD_META} expects {expected}: "
-                                f"the scope detector head was damaged or changed; {fix}")
+    check_sha256(weights, expected, f"the scope detector head was damaged or changed; {fix}")
     if meta.get("embedder") != DEFAULT_EMBEDDER or meta.get("scalars") != list(SCALARS):
         raise ModelPackageError(f"{meta_path} was made for other features or another embedder; {fix}")
     meta["threshold"] = threshold

@@ -34,15 +34,16 @@ import logging
 import re
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, ContextManager, Iterator, Sequence
 
 import torch
 
-from memedit.artifacts import ArtifactError, Artifacts
+from memedit import hooks
+from memedit.artifacts import ArtifactError
 from memedit.edit import fill_prompt
-from memedit.layout import final_norm, find_blocks
+from memedit.layout import final_norm, find_blocks, output_logits
 from memedit.memory import Memory
 from memedit.models import LanguageModel, Prompt, Score
 from memedit.store import StoredEdit
@@ -100,20 +101,6 @@ def default_settings(model: LanguageModel, **overrides: Any) -> GraceSettings:
     return settings
 
 
-def end_of_turn_id(model: LanguageModel) -> int:
-    """The token that ends an assistant turn (what training appends to each target)."""
-    tok = model.tokenizer
-    for name in ("<|im_end|>", "<end_of_turn>", "<|eot_id|>"):
-        token_id = tok.convert_tokens_to_ids(name)
-        if isinstance(token_id, int) and token_id != tok.unk_token_id and name in tok.get_vocab():
-            return token_id
-    return tok.eos_token_id
-
-
-class _Stop(Exception):
-    """Raised by a hook to end a forward pass once the wrapped layer's input is known."""
-
-
 class LayerAdaptor:
     """Reads the wrapped MLP's input, replaces its output, and trains replacement values."""
 
@@ -122,7 +109,7 @@ class LayerAdaptor:
         self.settings = settings
         self.blocks = find_blocks(model.model)
         self.mlp = self.blocks[settings.layer].mlp
-        self.eot = end_of_turn_id(model)
+        self.eot = model.end_of_turn_id()  # what training appends to each target
         self.norm = final_norm(model.model)
         self.fast = self.norm is not None  # run only the wrapped block and those above it while training
 
@@ -132,29 +119,17 @@ class LayerAdaptor:
 
     def query(self, ids: list[int]) -> torch.Tensor:
         """The key of a prompt: the MLP's input at its last token (the layers above are not run)."""
-        got: dict[str, torch.Tensor] = {}
+        with torch.no_grad(), hooks.read_input(self.mlp) as seen:
+            hooks.run_until(self.mlp, lambda: self.lm.model(input_ids=torch.tensor([ids], device=self.lm.device),
+                                                            use_cache=False), before=True)
+        return self._key(seen[0][0, -1])
 
-        def hook(module, args):
-            got["x"] = args[0][0, -1]
-            raise _Stop
-
-        handle = self.mlp.register_forward_pre_hook(hook)
-        try:
-            with torch.no_grad():
-                self.lm.model(input_ids=torch.tensor([ids], device=self.lm.device), use_cache=False)
-        except _Stop:
-            pass
-        finally:
-            handle.remove()
-        return self._key(got["x"])
-
-    @contextmanager
-    def replacing(self, value: torch.Tensor, start: int) -> Iterator[None]:
+    def replacing(self, value: torch.Tensor, start: int) -> ContextManager[None]:
         """Within the block, the MLP's output is ``value`` at every position from ``start``
         on (counted over the forward calls made inside, so decoding steps are included)."""
         seen = [0]
 
-        def hook(module, args, output):
+        def replace(output: torch.Tensor) -> torch.Tensor | None:
             n = output.shape[1]
             low = max(start - seen[0], 0)
             seen[0] += n
@@ -164,11 +139,7 @@ class LayerAdaptor:
             out[:, low:] = value.to(out.dtype)
             return out
 
-        handle = self.mlp.register_forward_hook(hook)
-        try:
-            yield
-        finally:
-            handle.remove()
+        return hooks.replace_output(self.mlp, replace)
 
     def example(self, prompt_ids: list[int], target: str) -> dict[str, Any]:
         """What training needs for one (prompt, target): the key, the MLP's output at the last
@@ -176,29 +147,23 @@ class LayerAdaptor:
         target_ids = self.lm.tokenizer(target, add_special_tokens=False)["input_ids"] + [self.eot]
         cut = len(prompt_ids) - 1
         suffix = prompt_ids[cut:] + target_ids[:-1]
-        got: dict[str, Any] = {}
         calls: list[tuple[tuple, dict]] = []
-
-        def hook(module, args, output):
-            got["x"], got["y"] = args[0][0, 0], output[0, 0]
 
         def block_hook(module, args, kwargs):
             calls.append((args, dict(kwargs)))
 
         layer = self.settings.layer
-        with torch.no_grad():
+        with torch.no_grad(), ExitStack() as stack:
             prefix = self.lm.model(input_ids=torch.tensor([prompt_ids[:cut]], device=self.lm.device), use_cache=True)
-            handles = [self.mlp.register_forward_hook(hook)]
+            inputs = stack.enter_context(hooks.read_input(self.mlp))
+            outputs = stack.enter_context(hooks.read_output(self.mlp))
             if self.fast:
-                handles += [b.register_forward_pre_hook(block_hook, with_kwargs=True) for b in self.blocks[layer:]]
-            try:
-                out = self.lm.model(input_ids=torch.tensor([suffix], device=self.lm.device),
-                                    cache=prefix.cache, use_cache=True)
-            finally:
-                for handle in handles:
-                    handle.remove()
+                for block in self.blocks[layer:]:
+                    stack.enter_context(hooks.on_forward(block, block_hook, before=True, with_kwargs=True))
+            out = self.lm.model(input_ids=torch.tensor([suffix], device=self.lm.device), cache=prefix.cache, use_cache=True)
+            stack.close()
             _crop(prefix.cache, cut)
-        example = {"key": self._key(got["x"]), "init": got["y"].detach().float().clone(), "cache": prefix.cache,
+        example = {"key": self._key(inputs[0][0, 0]), "init": outputs[0][0, 0].float().clone(), "cache": prefix.cache,
                    "cut": cut, "suffix": torch.tensor([suffix], device=self.lm.device),
                    "target": torch.tensor(target_ids, device=self.lm.device)}
         if self.fast:
@@ -223,11 +188,7 @@ class LayerAdaptor:
                 out = block(**{**kwargs, "hidden_states": hidden})
             hidden = out[0] if isinstance(out, tuple) else out
         _crop(example["cache"], example["cut"])
-        logits = self.lm.model.get_output_embeddings()(self.norm(hidden))
-        cap = getattr(self.lm.model.config, "final_logit_softcapping", None)
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        return logits[0].float()
+        return output_logits(self.lm.model, self.norm(hidden))[0].float()
 
     def train(self, examples: list[dict[str, Any]], init: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
         """A value that makes each example's target (and end of turn) the greedy answer.
@@ -238,35 +199,27 @@ class LayerAdaptor:
         """
         value = init.detach().clone().requires_grad_(True)
         optimizer = torch.optim.Adam([value], lr=self.settings.lr)
-
-        def hook(module, args, output):
-            return value.to(output.dtype).expand_as(output)
-
-        handle = self.mlp.register_forward_hook(hook)
         step, loss_value, correct = 0, float("nan"), False
-        try:
-            with torch.enable_grad():
-                for step in range(1, self.settings.steps + 1):
-                    losses, correct = [], True
-                    for ex in examples:
-                        if "calls" in ex:
-                            logits = self._tail(ex)
-                        else:
-                            out = self.lm.model(input_ids=ex["suffix"], cache=ex["cache"], use_cache=True)
-                            _crop(ex["cache"], ex["cut"])
-                            logits = out.logits[0].float()
-                        losses.append(torch.nn.functional.cross_entropy(logits, ex["target"]))
-                        correct = correct and bool((logits.argmax(-1) == ex["target"]).all())
-                    loss = torch.stack(losses).sum()
-                    loss_value = float(loss.detach())
-                    if correct and loss_value / len(examples) < self.settings.stop_loss:
-                        break
-                    optimizer.zero_grad()
-                    (grad,) = torch.autograd.grad(loss, [value])
-                    value.grad = grad
-                    optimizer.step()
-        finally:
-            handle.remove()
+        with hooks.replace_output(self.mlp, lambda output: value.to(output.dtype).expand_as(output)), torch.enable_grad():
+            for step in range(1, self.settings.steps + 1):
+                losses, correct = [], True
+                for ex in examples:
+                    if "calls" in ex:
+                        logits = self._tail(ex)
+                    else:
+                        out = self.lm.model(input_ids=ex["suffix"], cache=ex["cache"], use_cache=True)
+                        _crop(ex["cache"], ex["cut"])
+                        logits = out.logits[0].float()
+                    losses.append(torch.nn.functional.cross_entropy(logits, ex["target"]))
+                    correct = correct and bool((logits.argmax(-1) == ex["target"]).all())
+                loss = torch.stack(losses).sum()
+                loss_value = float(loss.detach())
+                if correct and loss_value / len(examples) < self.settings.stop_loss:
+                    break
+                optimizer.zero_grad()
+                (grad,) = torch.autograd.grad(loss, [value])
+                value.grad = grad
+                optimizer.step()
         return value.detach().clone(), {"steps": step, "loss": round(loss_value, 4), "fit": correct}
 
 
@@ -306,7 +259,7 @@ class GRACERouter(Router):
         self.skipped: dict[str, str] = {}
         self.events: list[dict[str, Any]] = []  # one record per inserted edit: rule, distance, training
         self.autosave = autosave
-        self.artifacts = Artifacts.for_memory(memory)
+        self.artifacts = memory.artifacts
         self.artifact_name = "grace/" + re.sub(r"[^A-Za-z0-9._-]+", "_", str(model.name))[-120:]
         self._lock = threading.RLock()
         self._seq: int | None = None
@@ -341,7 +294,7 @@ class GRACERouter(Router):
     def sync(self) -> dict[str, int]:
         """Insert the memory's new active edits (oldest first) and drop the inactive ones."""
         with self._lock:
-            seq = self.memory._store.max_seq(self.memory.namespace)
+            seq = self.memory.revision()
             if seq == self._seq:
                 return {"added": 0, "removed": 0}
             active = self.memory.list()

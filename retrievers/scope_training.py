@@ -1,4 +1,8 @@
-"""Training the scope detector's head (``memedit scope train``): data, fit, calibration, files.
+"""Training the scope classifiers: the cross-encoder of :mod:`.scope` (``train_cross_encoder``)
+and the scope detector's head (``train``, ``memedit scope train``): data, fit, calibration, files.
+
+The cross-encoder is fine-tuned from the packaged MiniLM on labelled pairs (see
+:mod:`.scope_pairs`). For the detector's head:
 
 The pairs come from KnowEdit cases 200-799 of ZsRE and WikiData_counterfact (cases 0-199
 are the evaluation slice and are never read here; MQuAKE never is): an edit's own prompt,
@@ -30,12 +34,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from memedit.embeddings import DEFAULT_EMBEDDER
+from memedit.embeddings import DEFAULT_EMBEDDER, MINILM_SHA256, minilm_path
+from memedit.files import sha256_file, write_atomic
 from memedit.model_files import DATA_ENV, data_dir
 
 from .detector import HEAD_FILE, HEAD_META, SCALARS, EditScope, Head
 from .entities import find_mention
-from .scope import ScopePair, best_threshold, scope_metrics, scope_pairs, split_by_statement
+from .scope import DEFAULT_MAX_LENGTH, FORMAT_VERSION, CrossEncoderScope, ScopePair, _load_model
+from .scope_pairs import best_threshold, scope_metrics, scope_pairs, split_by_statement
 
 KNOWEDIT_FILES = {"zsre": "knowedit/ZsRE/ZsRE-test-all.json", "wiki_counterfact": "knowedit/wiki_counterfact/train_cf.json"}
 TRAIN_CASES = (200, 800)
@@ -199,7 +205,6 @@ def train(out: str | Path, pairs: Sequence[ScopePair] | None = None, embedder: A
     """Fit, calibrate and save a head in ``out``; returns the detector that uses it."""
     from safetensors.numpy import save_file
 
-    from memedit.embeddings import sha256_file
 
     started = time.perf_counter()
     pairs = list(pairs) if pairs is not None else default_training_pairs(seed)
@@ -228,8 +233,95 @@ def train(out: str | Path, pairs: Sequence[ScopePair] | None = None, embedder: A
             "calibration": {k: round(fit[k], 4) for k in ("precision", "recall", "f1")},
             "data": ["KnowEdit ZsRE and WikiData_counterfact cases 200-799", "relation_templates.json", *sources],
             "seconds": round(time.perf_counter() - started, 1), "sha256": sha256_file(folder / HEAD_FILE)}
-    tmp = folder / (HEAD_META + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    tmp.replace(folder / HEAD_META)
+    write_atomic(folder / HEAD_META, (json.dumps(meta, indent=2) + "\n").encode())
     scope.meta, scope.threshold = meta, threshold
     return scope
+
+
+# ---------------------------------------------------------------- the cross-encoder
+
+
+def train_cross_encoder(pairs: Sequence[ScopePair], out_dir: str | Path, epochs: int = 2, batch_size: int = 32,
+                        lr: float = 3e-5, seed: int = 0, progress: bool = True, max_length: int = DEFAULT_MAX_LENGTH,
+                        holdout: float = 0.1) -> CrossEncoderScope:
+    """Fine-tune a cross-encoder from the packaged MiniLM on ``pairs`` and save it in ``out_dir``.
+
+    A ``holdout`` share of the statements (with all their pairs) is kept out of
+    training; the threshold is the F1-max one on those pairs (on the training pairs
+    when the held-out ones lack a class). Deterministic for a seed on one machine.
+    """
+    import torch
+
+    pairs = list(pairs)
+    if not any(p.label == 1 for p in pairs) or not any(p.label == 0 for p in pairs):
+        raise ValueError("training needs both in-scope (label 1) and out-of-scope (label 0) pairs")
+    train_pairs, held = split_by_statement(pairs, holdout, seed)
+    started = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model, tokenizer = _load_model(minilm_path())
+        scope = CrossEncoderScope(model, tokenizer, max_length=max_length)
+        losses = _fit(scope, train_pairs, epochs, batch_size, lr, seed, progress)
+    seconds = time.perf_counter() - started
+    calibration = held if {p.label for p in held} == {0, 1} else train_pairs
+    scores, labels = scope.pair_scores(calibration), np.array([p.label for p in calibration])
+    scope.threshold = best_threshold(scores, labels)
+    fit = scope_metrics(scores, labels, scope.threshold)
+    scope.meta = {
+        "format": FORMAT_VERSION, "threshold": scope.threshold, "max_length": max_length,
+        "train_pairs": len(train_pairs), "calibration_pairs": len(calibration),
+        "calibrated_on": "held-out" if calibration is held else "train",
+        "calibration": {k: fit[k] for k in ("precision", "recall", "f1")},
+        "seed": seed, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+        "final_loss": float(np.mean(losses[-max(1, len(losses) // 10):])), "train_seconds": round(seconds, 1),
+        "base_model": DEFAULT_EMBEDDER, "base_model_sha256": MINILM_SHA256,
+    }
+    scope.save(out_dir)
+    return scope
+
+def _fit(scope: CrossEncoderScope, pairs: list[ScopePair], epochs: int, batch_size: int, lr: float, seed: int,
+         progress: bool) -> list[float]:
+    """The training loop: AdamW, linear warm-up and decay, binary cross-entropy on the logit."""
+    import torch
+    from tqdm import tqdm
+
+    batches = [b for epoch in range(epochs) for b in _batches(pairs, batch_size, seed + epoch)]
+    # The word-embedding table (half the weights) stays as pretrained: cheaper steps, less overfitting.
+    scope.model.get_input_embeddings().weight.requires_grad_(False)
+    params = [p for p in scope.model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    warmup = max(1, len(batches) // 10)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min((step + 1) / warmup, max(0.0, (len(batches) - step) / max(1, len(batches) - warmup))))
+    scope.model.train()
+    losses: list[float] = []
+    with tqdm(total=len(batches), desc="training scope cross-encoder", unit="batch", file=sys.stderr,
+              disable=not progress) as bar:
+        for batch in batches:
+            logits = scope.model(**scope._encode([(p.question, p.statement) for p in batch])).logits.squeeze(-1)
+            target = torch.tensor([float(p.label) for p in batch])
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+            bar.update()
+    scope.model.eval()
+    return losses
+
+
+def _batches(pairs: list[ScopePair], batch_size: int, seed: int) -> list[list[ScopePair]]:
+    """Shuffled batches of similar length (less padding), in a shuffled order; deterministic for a seed."""
+    rng = random.Random(seed)
+    order = list(range(len(pairs)))
+    rng.shuffle(order)
+    batches: list[list[ScopePair]] = []
+    pool = batch_size * 32
+    for start in range(0, len(order), pool):
+        chunk = sorted(order[start:start + pool], key=lambda i: len(pairs[i].question) + len(pairs[i].statement))
+        batches += [[pairs[i] for i in chunk[j:j + batch_size]] for j in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches

@@ -189,7 +189,7 @@ def test_two_writer_processes_queue_and_nothing_is_lost(tmp_path):
     # both processes saved the index; whichever file is on disk, a fresh open agrees with the store
     fresh = Memory(db, embedder=HashEmbedder())
     try:
-        assert sorted(fresh.index.live) == sorted(fresh._store.active_rids("default").tolist())
+        assert sorted(fresh.index.live) == sorted(fresh.index.store.active_rids("default").tolist())
         some = fresh.list()[-1]
         assert fresh.search(some.statement, k=1)[0].edit.id == some.id
     finally:

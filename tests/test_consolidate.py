@@ -24,6 +24,7 @@ from memedit.cli import main
 from memedit.errors import ConflictError
 from memedit.model_files import data_dir
 from memedit.models import LanguageModel
+from memedit.store import Action
 
 WCF = data_dir() / "knowedit" / "wiki_counterfact" / "train_cf.json"
 STATS_TOKENS = 4096  # small, so the suite computes the statistics in seconds
@@ -260,7 +261,7 @@ def test_a_version_1_database_is_migrated(tmp_path, embedder):
         assert memory.get(edit.id).statement == edit.statement
         store = memory._store
         with store.write():
-            store.set_status(store.row(memory.namespace, edit.id)["rid"], "consolidated")
+            store.set_status(store.row(memory.namespace, edit.id), "consolidated", Action.CONSOLIDATE, batch="b-test")
         assert memory.get(edit.id).status == "consolidated"
         assert store.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "2"
         assert store.conn.execute("PRAGMA foreign_key_check").fetchall() == []

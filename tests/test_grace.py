@@ -8,7 +8,7 @@ import logging
 import pytest
 import torch
 
-from memedit.artifacts import ArtifactError, Artifacts
+from memedit.artifacts import ArtifactError
 from memedit.edited_model import EditedModel
 from memedit.layout import find_blocks
 from memedit.retrievers.grace import GRACERouter
@@ -151,8 +151,8 @@ def test_an_erase_refuses_and_a_free_text_edit_is_skipped_with_a_note(lm, memory
 
 
 def test_artifacts_are_scoped_to_a_namespace_and_checked(memory):
-    artifacts = Artifacts.for_memory(memory)
-    other = Artifacts.for_memory(memory.with_namespace("other"))
+    artifacts = memory.artifacts
+    other = memory.with_namespace("other").artifacts
     tensors = {"a": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.zeros(0, 4)}
     ref = artifacts.save("delta/layer3", tensors, {"edits": ["x"]})
     loaded, got = artifacts.load("delta/layer3")

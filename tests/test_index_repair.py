@@ -129,11 +129,11 @@ def test_an_index_not_saved_by_another_writer_is_caught_up_from_the_event_log(sa
     writer.add(subject="France", prompt="The capital of {} is", target="Nice")
     # writer stays open and never saves: the file on disk is behind the store
     stale_seq = header_of(index_file(db_path))["last_seq"]
-    assert stale_seq < writer._store.max_seq("default")
+    assert stale_seq < writer.revision()
 
     reader = open_memory(db_path)
     assert reader.index.rebuild_reason is None  # replayed, not rebuilt
-    assert reader.index.last_seq == writer._store.max_seq("default")
+    assert reader.index.last_seq == writer.revision()
     assert_matches_store(reader, embedder)
     hits = reader.search("Who is Bob's manager?", k=1)
     assert hits[0].edit.id == new[1].id
@@ -168,7 +168,7 @@ def test_an_index_file_from_another_database_is_detected(saved, open_memory, db_
     populate(other, other_statements)
     if other_events == "more-events":
         other.add(statement="Snakes hiss in the grass.")
-    assert other._store.max_seq("default") >= open_memory(db_path)._store.max_seq("default")
+    assert other.revision() >= open_memory(db_path).revision()
     other.close()
     shutil.copyfile(index_file(other_path), index_file(db_path))
 

@@ -74,6 +74,19 @@ def test_retracting_the_newer_edit_restores_the_older(memory):
     assert snapshot(memory) == before  # a refused retract writes nothing
 
 
+def test_an_edit_coming_back_yields_to_the_active_edit_that_holds_its_key(memory):
+    first = memory.add(subject="France", prompt=CAPITAL, target="Lyon")
+    # an explicit supersede by an edit on another key, then a new edit on first's key
+    second = memory.add(subject="Spain", prompt=CAPITAL, target="Seville", supersedes=first.id)
+    third = memory.add(subject="France", prompt=CAPITAL, target="Nice")
+    assert third.supersedes is None  # first was not active, so nothing was superseded
+    memory.retract(second.id)
+    back = memory.get(first.id)
+    assert back.status == "superseded" and back.superseded_by == third.id
+    assert actions(memory, first.id) == ["add", "supersede", "supersede"]
+    assert [e.id for e in memory.list()] == [third.id]
+
+
 def test_retracting_the_only_edit_leaves_nothing_searchable(memory):
     only = memory.add(subject="France", prompt=CAPITAL, target="Lyon")
     memory.retract(only.id)

@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 
 from memedit.edit import Edit
-from memedit.embeddings import MINILM_SHA256, sha256_file
+from memedit.embeddings import MINILM_SHA256
+from memedit.files import sha256_file
 from memedit.errors import ModelPackageError
 from memedit.eval.cases import Case, Probe
-from memedit.retrievers.scope import (CrossEncoderScope, EmbeddingScope, ScopeClassifier, ScopePair,
-                                      best_threshold, precision_recall, scope_pairs)
+from memedit.retrievers.scope import CrossEncoderScope, EmbeddingScope, ScopeClassifier, ScopePair
+from memedit.retrievers.scope_pairs import best_threshold, calibrate, precision_recall, scope_pairs
+from memedit.retrievers.scope_training import train_cross_encoder
 
 NAMES = ["Zorbania Quell", "Tavin Marlowe", "Oskar Pemberton", "Lirael Voss", "Hector Quimby", "Mira Castellan",
          "Doran Whitlock", "Elsbeth Farrow", "Caius Brenner", "Nadia Orlov", "Fenwick Hale", "Ysolde Parry",
@@ -109,7 +111,7 @@ def test_calibrate_separates_a_separable_set(embedder):
     pairs = [ScopePair(f"Where was {NAMES[i]} born?", f"{NAMES[i]} was born in {CITIES[i]}.", 1) for i in range(5)]
     pairs += [ScopePair(f"How tall is Mount {CITIES[i + 5]}?", f"{NAMES[i]} was born in {CITIES[i]}.", 0) for i in range(5)]
     scope = EmbeddingScope(embedder, threshold=0.99)
-    threshold = scope.calibrate(pairs)
+    threshold = calibrate(scope, pairs)
     scores = scope.pair_scores(pairs)
     assert scope.threshold == threshold
     assert scores[:5].min() >= threshold > scores[5:].max()
@@ -125,14 +127,14 @@ def test_calibrate_separates_a_separable_set(embedder):
 def tiny_model(tmp_path_factory):
     """A cross-encoder trained one epoch (a few steps) on hand-made pairs."""
     folder = tmp_path_factory.mktemp("scope") / "tiny"
-    return CrossEncoderScope.train(birth_pairs(range(4)), folder, epochs=1, batch_size=8, progress=False), folder
+    return train_cross_encoder(birth_pairs(range(4)), folder, epochs=1, batch_size=8, progress=False), folder
 
 
 @pytest.fixture(scope="session")
 def trained_model(tmp_path_factory):
     """A cross-encoder trained on eight people, enough to learn that the subject must match."""
     folder = tmp_path_factory.mktemp("scope") / "trained"
-    return CrossEncoderScope.train(birth_pairs(range(8)), folder, epochs=4, batch_size=8, lr=2e-4, progress=False)
+    return train_cross_encoder(birth_pairs(range(8)), folder, epochs=4, batch_size=8, lr=2e-4, progress=False)
 
 
 def test_trained_folder_records_what_was_trained(tiny_model):
@@ -159,7 +161,7 @@ def test_save_load_round_trip_gives_identical_scores(tiny_model):
 
 def test_training_is_deterministic_for_a_seed(tiny_model, tmp_path):
     _, folder = tiny_model
-    again = CrossEncoderScope.train(birth_pairs(range(4)), tmp_path / "again", epochs=1, batch_size=8, progress=False)
+    again = train_cross_encoder(birth_pairs(range(4)), tmp_path / "again", epochs=1, batch_size=8, progress=False)
     assert again.meta["weights_sha256"] == json.loads((folder / "scope.json").read_text())["weights_sha256"]
 
 
