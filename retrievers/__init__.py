@@ -2,6 +2,8 @@
 
 ``ike`` (in-context editing) and ``serac`` (scope classifier + counterfactual answer) are
 built on ``base`` (retrieval, quoting edits as data, refusals, running a plan), ``demos``
-(our demonstration pool) and ``scope`` (the classifiers). ``mello``, ``pokemqa`` and
-``grace`` are planned (DESIGN.md). Use them through ``memedit.EditedModel``.
+(our demonstration pool) and ``scope`` (the classifiers; ``scope_pairs`` and
+``scope_training`` make and calibrate them). ``mello`` and ``pokemqa`` answer multi-hop
+questions step by step (``multihop``, ``steps``, ``detector``, ``entities``); ``grace``
+keeps a codebook inside one layer of a local model. Use them through ``memedit.EditedModel``.
 """
