@@ -88,6 +88,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     else:
         model = load_model(args.model)
     with Memory(args.db) as memory:
+        memory.embedder  # loaded now, not by the first request
         app = create_app(memory, model, router=args.router, model_name=args.model, max_tokens=args.max_tokens)
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
