@@ -1,4 +1,2 @@
-"""Adapters to the outside world: the LangChain plugin and the chatbot server.
-
-Planned (see DESIGN.md); not implemented yet.
-"""
+"""Adapters to the outside world: the LangChain plugin (``langchain``) and the
+OpenAI-compatible server of ``memedit serve`` (``server``, with ``openai_wire`` and ``worker``)."""

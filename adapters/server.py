@@ -143,6 +143,9 @@ def _validation_response(error: RequestValidationError) -> JSONResponse:
         reason = (detail.get("ctx") or {}).get("error", "JSON decode error")
         return JSONResponse(error_body(400, f"the body is not valid JSON ({reason}); send a JSON object",
                                        code="invalid_json"), status_code=400)
+    if any(tuple(p.get("loc", ())) == ("body",) and isinstance(p.get("input"), (str, bytes)) for p in problems):
+        return JSONResponse(error_body(422, "body: must be a JSON object, sent with 'Content-Type: application/json'",
+                                       param="body"), status_code=422)
     names = [".".join(str(p) for p in item.get("loc", ()) if p not in ("body", "query", "path", "header")) or "body"
              for item in problems]
     message = "; ".join(f"{name}: {item.get('msg')}" for name, item in zip(names, problems))
@@ -201,6 +204,8 @@ def _edits_of(payload: Any) -> tuple[list[Edit], bool]:
     edits = []
     for i, record in enumerate(records):
         where = f"edits.{i}" if many else None
+        if isinstance(record, (str, bytes)) and not many:
+            raise ApiError(422, "body: must be a JSON object, sent with 'Content-Type: application/json'", param="body")
         if not isinstance(record, dict):
             raise ApiError(422, f"{where or 'body'}: must be an edit object (e.g. {{\"statement\": \"...\"}}) "
                                 f"or {{\"edits\": [...]}}", param=where or "body")
