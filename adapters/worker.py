@@ -41,11 +41,11 @@ class ModelWorker:
         self.model = model
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="memedit-model")
         self._local = threading.local()
-        for name in TIMED:
-            if callable(getattr(model, name, None)):
-                setattr(model, name, self._timed(getattr(model, name)))
-        if callable(getattr(model, "stream", None)):
-            setattr(model, "stream", self._timed_stream(model.stream))
+        # The model's methods are wrapped on the instance while the worker lives (close() undoes it).
+        self._saved = {name: model.__dict__.get(name) for name in (*TIMED, "stream") if callable(getattr(model, name, None))}
+        for name in self._saved:
+            wrap = self._timed_stream if name == "stream" else self._timed
+            setattr(model, name, wrap(getattr(model, name)))
 
     # -- timing the model's calls (only the outermost call of a nest counts) -------------
     def _clock(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -131,4 +131,10 @@ class ModelWorker:
             stop.set()
 
     def close(self) -> None:
+        """Stop taking jobs and give the model its own methods back."""
         self._executor.shutdown(wait=False, cancel_futures=True)
+        for name, before in self._saved.items():
+            if before is None:
+                vars(self.model).pop(name, None)
+            else:
+                setattr(self.model, name, before)

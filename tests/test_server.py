@@ -74,6 +74,7 @@ def server(lm, embedder, tmp_path_factory):
     keys = KeyRing(db)
     with running(create_app(memory, lm, max_tokens=8, max_tokens_limit=256)) as url:
         yield Server(url, db, keys)
+    assert "generate" not in vars(lm)  # the server gave the shared model its own methods back
     keys.close()
     memory.close()
 
@@ -205,6 +206,8 @@ def test_bad_requests_get_json_errors_and_lose_nothing(server):
         invalid = http.post("/v1/edits", content=b'{"statement": ', headers={"Content-Type": "application/json"})
         assert assert_error(invalid, 400)["code"] == "invalid_json"
         assert_error(http.post("/v1/edits", json=["not", "an", "edit"]), 422, "body")
+        no_type = http.post("/v1/chat/completions", content=b'{"model": "x"}', headers={"Content-Type": "text/plain"})
+        assert "Content-Type: application/json" in assert_error(no_type, 422, "body")["message"]
         assert_error(http.post("/v1/edits", content=b"x" * (10 * 1024 * 1024 + 1)), 413)
         chunked = (b"x" * (1024 * 1024) for _ in range(11))  # no Content-Length: counted while read
         assert_error(http.post("/v1/edits", content=chunked, headers={"Content-Type": "application/json"}), 413)
