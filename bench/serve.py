@@ -7,6 +7,8 @@ Run from the repository root (localhost only; the server is a subprocess on 127.
 
 Three parts, each printed:
 
+0. Alone: ``--quiet`` questions one at a time (memedit's overhead without contention),
+   then edits added one at a time while a long answer is generated.
 1. Load: ``--clients`` concurrent clients for ``--seconds``, each with its own key and
    namespace, adding edits and (a share ``--ask-share`` of their requests) asking
    questions about their own edits, non-streaming, ``--max-tokens`` each, on SmolLM2.
@@ -148,6 +150,14 @@ async def alone(url: str, key: str, namespace: str, count: int, max_tokens: int)
         tally = Tally()
         for n in range(count):
             await ask(http, namespace, 1 + n % 2, max_tokens, tally)
+        # Edits added one at a time while one long answer is being generated.
+        long = asyncio.create_task(ask(http, namespace, 1, 64, Tally()))
+        await asyncio.sleep(0.5)
+        during = Tally()
+        while not long.done() and len(during.latency["edits"]) < 20:
+            await add_edit(http, namespace, 100 + len(during.latency["edits"]), during)
+        await long
+        tally.latency["edits"] = during.latency["edits"]
     return tally
 
 
@@ -265,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{statistics.median(quiet.overhead):.1f} ms (target p50 <= {OVERHEAD_TARGET_MS:.0f} ms), "
                   f"generation p50 {statistics.median(quiet.generation):.1f} ms, "
                   f"client latency p50 {pct([s * 1000 for s in quiet.latency['chat']], 0.5):.1f} ms")
+            during = [s * 1000 for s in quiet.latency["edits"]]
+            print(f"   {len(during)} edits added one at a time while a 64-token answer was generated: "
+                  f"POST /v1/edits p50 {pct(during, 0.5):.1f} ms, max {max(during, default=float('nan')):.1f} ms")
 
         # 1. load
         started = time.monotonic()

@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -23,7 +24,7 @@ import uvicorn  # noqa: E402
 from memedit import Memory  # noqa: E402
 from memedit.adapters.server import create_app  # noqa: E402
 from memedit.cli import main  # noqa: E402
-from memedit.keys import KeyRing  # noqa: E402
+from memedit.keys import KeyRing, key_hash  # noqa: E402
 from memedit.serve_cli import upstream_backend  # noqa: E402
 
 MODEL = "smollm2-135m"
@@ -176,7 +177,10 @@ def test_keys_unknown_revoked_or_missing_get_401(server, capsys):
         assert main(["--db", server.db, "keys", "list", "--json"]) == 0
         listed = {k["id"]: k for k in json.loads(capsys.readouterr().out)}
         assert listed[made["id"]]["namespace"] == "cli-ns" and listed[made["id"]]["revoked_at"] is None
-        assert made["key"] not in open(server.db, "rb").read().decode("latin-1")  # only its hash is stored
+        with contextlib.closing(sqlite3.connect(server.db)) as conn:  # only its hash is stored
+            rows = conn.execute("SELECT * FROM api_keys").fetchall()
+        assert not any(made["key"] in str(value) for row in rows for value in row)
+        assert (made["id"], key_hash(made["key"]), "cli-ns") in [row[:3] for row in rows]
         assert main(["--db", server.db, "keys", "revoke", made["id"]]) == 0
         assert_error(http.get("/v1/edits"), 401)  # at once, from another connection
     assert main(["--db", server.db, "keys", "revoke", made["id"]]) == 1  # already revoked: an error
