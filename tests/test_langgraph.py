@@ -4,8 +4,10 @@ whose tools read and write the memory through ``runtime.store``."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
@@ -355,3 +357,12 @@ def test_a_langgraph_agent_learns_and_answers_through_the_store(lm, memory, stor
     assert found == item.value["statement"] and "Dana Reyes" in reply
     store.delete(("agent", "dana-fan"), item.key)
     assert ask(question) == before  # the store no longer delivers it: the same prompt, the same answer
+
+
+def test_the_readme_langgraph_example_runs(tmp_path, monkeypatch, capsys):
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"## LangGraph store\n.*?```python\n(.*?)```", readme, flags=re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, "README.md", "exec"), {"__name__": "readme"})
+    target, statuses, answer = capsys.readouterr().out.splitlines()
+    assert (target, statuses) == ("Nice", "['superseded', 'active']") and answer.startswith("Nice (score 0.")
