@@ -15,7 +15,8 @@ Install with ``pip install "memedit[langgraph]"``. A graph compiled with
   one, superseding the current one (history kept); a delete (a put of ``None``) retracts
   every version of ``k``. A triple with the subject and relation of another key's edit
   supersedes it, as in memedit: that key then reads ``None`` until the newer one is deleted.
-  An edit added outside the store (say by ``memedit add``) is read under its id as key.
+  An edit added outside the store (say by ``memedit add``) is read under its id as key
+  (an id ending in ``#<number>`` reads as a version of the key before it).
 - ``search`` with a query is the memory's search (cosine ``score``); without one, it lists
   edits oldest first. Both cover the namespace and the namespaces below it, take a
   ``filter`` on the edit's fields (``$eq``, ``$ne``, ``$gt``, ``$gte``, ``$lt``, ``$lte``) and
@@ -40,7 +41,7 @@ from memedit.errors import ConflictError, EditError, EditNotFound, MemeditError
 from memedit.memory import MAX_K, Memory, check_namespace
 from memedit.store import StoredEdit
 
-__all__ = ["MemeditStore", "NamespaceLabelError", "StoreKeyError", "StoreValueError", "to_memedit", "to_langgraph"]
+__all__ = ["MemeditStore", "NamespaceLabelError", "StoreKeyError", "StoreQueryError", "StoreValueError", "to_memedit", "to_langgraph"]
 
 VALUE_FIELDS = ("subject", "prompt", "target", "relation", "old_target", "kind", "statement", "aliases", "source")
 STORE_FIELDS = ("id", "namespace", "created_at", "supersedes", "status", "superseded_by")
@@ -59,6 +60,10 @@ class NamespaceLabelError(MemeditError, InvalidNamespaceError):
 
 class StoreKeyError(MemeditError, ValueError):
     """An item key that cannot name an edit."""
+
+
+class StoreQueryError(MemeditError, ValueError):
+    """A search or list_namespaces argument the store cannot take (query, filter, limit...)."""
 
 
 class StoreValueError(MemeditError, ValueError):
@@ -154,7 +159,7 @@ def _matches(fields: dict[str, Any], filter: dict[str, Any] | None) -> bool:
         tests = wanted.items() if isinstance(wanted, dict) else [("$eq", wanted)]
         for operator, operand in tests:
             if operator not in _OPERATORS:
-                raise ValueError(f"filter {name!r}: unknown operator {operator!r}; use one of {', '.join(_OPERATORS)}")
+                raise StoreQueryError(f"filter {name!r}: unknown operator {operator!r}; use one of {', '.join(_OPERATORS)}")
             try:
                 if not _OPERATORS[operator](have, operand):
                     return False
@@ -174,7 +179,7 @@ def _match(condition: MatchCondition, namespace: tuple[str, ...]) -> bool:
 def _check_counts(what: str, **counts: Any) -> None:
     for name, value in counts.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ValueError(f"{what} {name} must be a whole number of 0 or more, got {value!r}")
+            raise StoreQueryError(f"{what} {name} must be a whole number of 0 or more, got {value!r}")
 
 
 # -- the store -----------------------------------------------------------------------------
@@ -226,7 +231,7 @@ class MemeditStore(BaseStore):
                 to_memedit(prefix)
             _check_counts("search", limit=op.limit, offset=op.offset)
             if op.query is not None and (not isinstance(op.query, str) or not op.query.strip()):
-                raise ValueError(f"search query must be non-empty text or None, got {op.query!r}")
+                raise StoreQueryError(f"search query must be non-empty text or None, got {op.query!r}")
             return lambda: self._search(op, prefix)
         if isinstance(op, ListNamespacesOp):
             _check_counts("list_namespaces", limit=op.limit, offset=op.offset,

@@ -19,8 +19,8 @@ from langgraph.store.base import GetOp, InvalidNamespaceError, ListNamespacesOp,
 from conftest import HashEmbedder
 from memedit import Memory
 from memedit.adapters.langchain import LocalChatModel
-from memedit.adapters.langgraph import (MemeditStore, NamespaceLabelError, StoreKeyError, StoreValueError, to_langgraph,
-                                        to_memedit)
+from memedit.adapters.langgraph import (MemeditStore, NamespaceLabelError, StoreKeyError, StoreQueryError, StoreValueError,
+                                        to_langgraph, to_memedit)
 from memedit.chat import remembered_fact
 from memedit.errors import ConflictError, MemeditError
 
@@ -169,14 +169,19 @@ def test_keys_that_cannot_name_an_edit_are_refused(store, key):
         store.batch([PutOp(ALICE, key, COFFEE)])
 
 
-def test_ttl_and_unknown_filter_operators_are_refused(store):
+def test_ttl_and_bad_search_arguments_are_refused(store):
     with pytest.raises(NotImplementedError):
         store.put(ALICE, "coffee", COFFEE, ttl=5)
     store.put(ALICE, "coffee", COFFEE)
-    with pytest.raises(ValueError, match=r"\$like"):
+    with pytest.raises(StoreQueryError, match=r"\$like"):
         store.search(ALICE, filter={"statement": {"$like": "coffee"}})
-    with pytest.raises(ValueError, match="limit"):
+    with pytest.raises(StoreQueryError, match="limit"):
         store.search(ALICE, limit=-1)
+    with pytest.raises(StoreQueryError, match="max_depth"):
+        store.list_namespaces(max_depth=-2)
+    with pytest.raises(StoreQueryError, match="query"):
+        store.search(ALICE, query="  ")
+    assert store.get(ALICE, "coffee").value == COFFEE
 
 
 def test_namespace_names_map_both_ways():
