@@ -134,12 +134,13 @@ def _first_threshold(args: argparse.Namespace) -> float | None:
 
 def mquake_table(summaries: list[dict[str, Any]]) -> str:
     """One Markdown row per run under the output folder."""
-    rows = ["| router | model | k | cases | accuracy | hop-wise | s/case | failures |", "|---|---|---|---|---|---|---|---|"]
+    rows = ["| router | model | k | cases | accuracy | hop-wise | s/case | calls/case | failures |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for data in summaries:
         meta, s = data["meta"], data["summary"]
         failures = ", ".join(f"{name} {n}" for name, n in s["failures"].items()) or "–"
         rows.append(f"| {meta['router']} | {meta['model']} | {meta['k']} | {s['cases']} | {s['accuracy']} | "
-                    f"{s['hop_accuracy']} | {s['seconds_per_case']} | {failures} |")
+                    f"{s['hop_accuracy']} | {s['seconds_per_case']} | {s.get('calls_per_case') or '–'} | {failures} |")
     return "\n".join(rows) + "\n"
 
 
