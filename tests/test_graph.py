@@ -32,7 +32,8 @@ class ScriptedModel:
         if body.endswith("Entity:"):
             return f" {entity}\nStep: {steps[0]}" if entity and steps else " ???\nI cannot split this"
         written = [line.split(": ", 1)[1] for line in body.splitlines() if line.startswith("Step: ")]
-        following = f"Step: {steps[len(written)]}" if len(written) < len(steps) else "Done."
+        following = (f"Rest: the rest after {len(written)}\nStep: {steps[len(written)]}" if len(written) < len(steps)
+                     else "Done.")
         if not body.endswith("Answer:"):
             return following
         current = entity
@@ -86,7 +87,9 @@ def test_an_edit_changes_the_first_hop_and_the_second_hop_follows_its_target(cha
     # one call per step and one that ends the walk; the model never answered a step an edit answered
     assert len(model.prompts) == 3 and model.answer_calls == 0
     transcript = next(s for s in answer.trace if s["step"] == "transcript")["text"]
-    assert 'Memory fact: "Ada Brennick is employed by Halden Rovers."\nAnswer: Halden Rovers' in transcript
+    assert ('Memory fact: "Ada Brennick is employed by Halden Rovers."\nAnswer: Halden Rovers\n'
+            "Rest: the rest after 1\nStep: Which city is # based in?\n") in transcript
+    assert [h["rest"] for h in walk] == ["the rest after 1", None]
     assert next(s for s in answer.trace if s["step"] == "chain_answers")["answers"] == ["Halden Rovers", "Tromsø"]
 
 
