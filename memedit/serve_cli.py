@@ -20,7 +20,7 @@ def add_serve_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
                                                           f"(e.g. http://127.0.0.1:8001/v1); its key from ${UPSTREAM_KEY_ENV}")
     serve.add_argument("--upstream-model", help="the upstream's model id (default: --model)")
     serve.add_argument("--router", default="serac", help="default router (a request may name another): ike, serac, "
-                                                          "mello, pokemqa, or grace for a local model (default: serac)")
+                                                          "mello, pokemqa, graph, or grace for a local model (default: serac)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     serve.add_argument("--port", type=int, default=8000, help="default: 8000")
     serve.add_argument("--max-tokens", type=int, default=96, help="answer budget when a request gives none (default: 96)")
