@@ -9,47 +9,48 @@ import pytest
 from memedit import Edit
 from memedit.edited_model import EditedModel
 from memedit.models import Prompt
-from memedit.retrievers.graph import FALLBACK_HEADER, GraphRouter, clean_answer, parse_entity, parse_step
+from memedit.retrievers.graph import GraphRouter, clean_answer, next_line
 from memedit.retrievers.steps import run_many
 
 
 class ScriptedModel:
-    """A model that says what the test wrote: ``walks`` maps a question to (the entity, its
-    steps with ``#``); ``answers`` maps a sub-question (``#`` filled) to the model's answer.
-    It continues the walk's transcript as a model would; every prompt is kept."""
+    """A model that says what the test wrote, in the walk's line format: ``walks`` maps a
+    question to (its first entity, its sub-questions with ``#`` where the model writes the
+    previous answer); ``answers`` maps a sub-question to the model's answer. Every prompt
+    is kept."""
 
-    def __init__(self, walks: dict[str, tuple[str | None, list[str]]], answers: dict[str, str] | None = None) -> None:
+    def __init__(self, walks: dict[str, tuple[str, list[str]]], answers: dict[str, str] | None = None) -> None:
         self.walks, self.answers = walks, answers or {}
         self.prompts: list[Prompt] = []
 
     def generate(self, prompt: Prompt, max_new_tokens: int = 24, stop=()) -> str:
         self.prompts.append(prompt)
         body = prompt.body
-        if prompt.prefix.startswith(FALLBACK_HEADER):
-            return " " + self.answers.get(body.rsplit("Q: ", 1)[1].split("\n", 1)[0], "unknown")
         question = body.split("Question: ", 1)[1].split("\n", 1)[0]
-        entity, steps = self.walks.get(question, (None, []))
-        if body.endswith("Entity:"):
-            return f" {entity}\nStep: {steps[0]}" if entity and steps else " ???\nI cannot split this"
-        written = [line.split(": ", 1)[1] for line in body.splitlines() if line.startswith("Step: ")]
-        following = (f"Rest: the rest after {len(written)}\nStep: {steps[len(written)]}" if len(written) < len(steps)
-                     else "Done.")
-        if not body.endswith("Answer:"):
-            return following
+        if question not in self.walks:
+            return "I cannot split this question"
+        entity, steps = self.walks[question]
+        lines = body.splitlines()
+        asked = [line.split(": ", 1)[1] for line in lines if line.startswith("Sub-question: ")]
         current = entity
-        for line in body.splitlines():
+        for line in lines:
             if line.startswith("Answer: "):
                 current = line.split(": ", 1)[1]
-        answer = self.answers.get(written[-1].replace("#", current), "unknown")
-        return f" {answer}\n{following}"
+        text = ""
+        if body.endswith("Answer:"):
+            current = self.answers.get(asked[-1], "unknown")
+            text = f" {current}\n"
+        following = (f"Sub-question: {steps[len(asked)].replace('#', current)}" if len(asked) < len(steps)
+                     else f"Final answer: {current}")
+        return text + following
 
     def generate_many(self, requests, batch_size: int = 8) -> list[str]:
         return [self.generate(r.prompt, r.max_new_tokens, r.stop) for r in requests]
 
     @property
     def answer_calls(self) -> int:
-        """Generations in which the model wrote a step's answer."""
-        return sum(p.body.endswith(("Answer:", "A:")) for p in self.prompts)
+        """Generations in which the model wrote a hop's answer."""
+        return sum(p.body.endswith("Answer:") for p in self.prompts)
 
 
 CHAIN = "Which city is the home of the club that Ada Brennick works for?"
@@ -68,11 +69,10 @@ def hops(answer):
     return [s for s in answer.trace if s["step"] == "hop"]
 
 
-def test_the_entity_and_steps_are_read_from_the_generations():
-    assert parse_entity(" Walkman.\nStep: Which company produced #?") == "Walkman"
-    assert parse_entity(" \nStep: x") is None
-    assert parse_step("Step 2: Who founded #?\nAnswer: Sony") == "Who founded #?"
-    assert parse_step("Done.") is None and parse_step("") is None
+def test_the_next_sub_question_or_the_final_answer_is_read_from_a_generation():
+    assert next_line("Sub-question: Who founded Sony?") == ("Who founded Sony?", None)
+    assert next_line(" \nFinal answer: Tokyo") == (None, "Tokyo")
+    assert next_line("no lines of ours") == (None, None)
     assert clean_answer(" Tromsø.\nmore") == "Tromsø"
 
 
@@ -88,8 +88,7 @@ def test_an_edit_changes_the_first_hop_and_the_second_hop_follows_its_target(cha
     assert len(model.prompts) == 3 and model.answer_calls == 0
     transcript = next(s for s in answer.trace if s["step"] == "transcript")["text"]
     assert ('Memory fact: "Ada Brennick is employed by Halden Rovers."\nAnswer: Halden Rovers\n'
-            "Rest: the rest after 1\nStep: Which city is # based in?\n") in transcript
-    assert [h["rest"] for h in walk] == ["the rest after 1", None]
+            "Sub-question: Which city is Halden Rovers based in?\n") in transcript
     assert next(s for s in answer.trace if s["step"] == "chain_answers")["answers"] == ["Halden Rovers", "Tromsø"]
 
 
@@ -145,12 +144,10 @@ def test_an_erase_in_scope_refuses(memory):
 
 def test_a_garbled_decomposition_falls_back_to_the_plain_question(chain_memory):
     question = "Tell me something about Ada Brennick's club city"
-    model = ScriptedModel({}, {question: "Tromsø"})
-    answer = GraphRouter(model, chain_memory).answer(question)
+    answer = GraphRouter(ScriptedModel({}), chain_memory).answer(question)
     assert any(s["step"] == "fallback" for s in answer.trace)
-    assert hops(answer)[0]["subquestion"] == question and answer.text == "Tromsø"
-    # the fallback never copies an edit's target: the model answers, with a fact quoted if one applies
-    assert hops(answer)[0]["source"] in ("model", "fact") and model.answer_calls == 1
+    walk = hops(answer)
+    assert len(walk) == 1 and walk[0]["subquestion"] == question and answer.text == walk[0]["answer"]
 
 
 def test_a_cycle_in_the_edits_ends_the_walk_and_says_so(memory):
