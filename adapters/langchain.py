@@ -32,6 +32,7 @@ from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool, ToolException
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr
 
+from memedit.checks import whole_number
 from memedit.edited_model import PROMPT_ROUTERS, make_router
 from memedit.errors import MemeditError
 from memedit.memory import Hit, Memory
@@ -88,6 +89,11 @@ class LangChainBackend:
             raise TypeError(f"chat_model must be a LangChain chat model (with invoke and stream), got {type(chat_model).__name__}")
         self.chat_model = chat_model
         self.name = name or type(chat_model).__name__
+
+    @staticmethod
+    def plain(text: str) -> str:
+        """Text as it is: a chat model takes message content as text, not as its own tokens."""
+        return text
 
     def chat(self, messages: Sequence[dict[str, str]], cache_turns: int = 0) -> Prompt:
         pairs = tuple((m["role"], m["content"]) for m in messages)
@@ -331,9 +337,7 @@ class MemoryRetriever(BaseRetriever):
 
 
 def _check_k(k: Any) -> int:
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a whole number of 1 or more, got {k!r}")
-    return k
+    return whole_number("k", k, 1)
 
 
 # -- tools ---------------------------------------------------------------------------------
