@@ -12,9 +12,12 @@ terminal would): lone surrogates in every text field, the search query and throu
 ``import``; deeply nested JSON lines; undecodable bytes in command-line arguments (as
 Python passes them: surrogate escapes); damaged database pages; a schema version stored as
 text; out-of-range and mistyped whole numbers; an empty database path; a read-only
-database. Each outcome is one of ``ok`` (it worked), ``named`` (a ``MemeditError``),
-``silent`` (an input that must be refused was accepted) or ``raw`` (any other exception,
-or, on the command line, an exception out of ``main``: a raw traceback). After each bad
+database; a closed memory. Each outcome is one of ``ok`` (it worked), ``named`` (a
+``MemeditError``), ``silent`` (an input that must be refused was accepted), ``unnamed`` (a
+plain ValueError or TypeError from memedit's own checks: a message, but not a
+MemeditError) or ``raw`` (any other exception, or, on the command line, an exception out
+of ``main``: a raw traceback). A file written into the working folder (a relative path made
+by mistake) is counted too. After each bad
 input the edits stored before it are read back: ``lost`` counts the cases where one is
 missing or changed. Targets: 0 raw, 0 silent, 0 lost.
 
@@ -266,11 +269,19 @@ def cases() -> list[tuple[str, str, str, Callable[[Lab], Any]]]:
     out.append(("empty or odd database path", "memedit --db ''", "error", lambda lab: _cli_must_fail_db(lab, "")))
     out.append(("read-only database", "add", "error", read_only(ro_add)))
     out.append(("read-only database", "search", "either", read_only(ro_search)))
+    out.append(("closed memory", "search after close", "error", lambda lab: _closed(lab).search("capital")))
+    out.append(("closed memory", "add after close", "error", lambda lab: _closed(lab).add(statement="A new fact.")))
     for name, value in (("escape sequence", "\x1b[31mred\x1b[0m"), ("carriage return", "a\rb"), ("line separator", "a\u2028b"),
                         ("BOM", "\ufeffA fact."), ("zero-width", "A\u200bfact."), ("NUL", "A\x00fact.")):
         out.append(("control characters", f"add {name}", "error" if "\x00" in value else "either", add(statement=value)))
         out.append(("control characters", f"search {name}", "either", with_memory(lambda m, value=value: m.search(value))))
     return out
+
+
+def _closed(lab: Lab) -> Memory:
+    memory = lab.memory()
+    memory.close()
+    return memory
 
 
 def _import(lab: Lab, line: str) -> None:

@@ -200,8 +200,22 @@ class _Connection(sqlite3.Connection):
 
     memedit_path = "?"
 
+    def _closed(self, err: Exception) -> StoreOpenError:
+        return StoreOpenError(f"the memedit database {self.memedit_path!r} is closed ({err}); "
+                              f"open it again: Memory({self.memedit_path!r})")
+
     def cursor(self, factory=_Cursor):
-        return super().cursor(factory)
+        try:
+            return super().cursor(factory)
+        except sqlite3.ProgrammingError as err:  # the connection is closed
+            raise self._closed(err) from None
+
+    @property
+    def in_transaction(self) -> bool:
+        try:
+            return super().in_transaction
+        except sqlite3.ProgrammingError as err:
+            raise self._closed(err) from None
 
     def execute(self, *args):
         return self.cursor().execute(*args)

@@ -187,6 +187,15 @@ def test_an_empty_or_odd_database_path_is_refused_and_writes_nothing(embedder, t
     assert code == 1 and "database path" in err and list(tmp_path.iterdir()) == []
 
 
+def test_a_closed_memory_says_so(seeded):
+    memory, intact = seeded
+    memory.close()
+    for call in (lambda: memory.search("coffee"), lambda: memory.add(statement="A new fact."), lambda: memory.stats()):
+        with pytest.raises(StoreOpenError, match="is closed.*open it again"):
+            call()
+    assert intact()
+
+
 # -- whole numbers --------------------------------------------------------------------------
 
 def test_whole_number_arguments_share_one_check(seeded):
@@ -228,14 +237,31 @@ def added_ids(lm) -> set[int]:
     return set(lm.tokenizer.added_tokens_decoder)
 
 
-def test_no_added_token_survives_plain_text(lm):
-    tokens = [t.content for t in lm.tokenizer.added_tokens_decoder.values()]
+def local_tokenizer(name: str):
+    """The tokenizer of a packaged model already converted into the cache (None if it is not)."""
+    from transformers import AutoTokenizer
+
+    from memedit.model_files import PACKAGED, _cached
+
+    folder = _cached(name, PACKAGED[name].sha256)
+    return AutoTokenizer.from_pretrained(str(folder)) if folder else None
+
+
+@pytest.mark.parametrize("name", ["smollm2-135m", "qwen2.5-1.5b"])
+def test_no_added_token_survives_plain_text(lm, name):
+    from memedit.models import PlainText
+
+    tokenizer = lm.tokenizer if name == "smollm2-135m" else local_tokenizer(name)
+    if tokenizer is None:
+        pytest.skip(f"{name} is not converted in this cache (MEMEDIT_INSTALL_QWEN=1 bash scripts/install.sh)")
+    plain, added = PlainText(tokenizer), set(tokenizer.added_tokens_decoder)
+    tokens = [t.content for t in tokenizer.added_tokens_decoder.values()]
     assert {"<|im_start|>", "<|im_end|>", "<|endoftext|>"} <= set(tokens)
     for token in tokens:
         for text in (token, f"a {token} b", token * 3, token[:-1] + token):
-            ids = lm.tokenizer(lm.plain(text), add_special_tokens=False)["input_ids"]
-            assert not added_ids(lm) & set(ids), (text, ids)
-    assert lm.plain("An ordinary <b>fact</b> | with <|pipes|>.") == "An ordinary <b>fact</b> | with <|pipes|>."
+            ids = tokenizer(plain(text), add_special_tokens=False)["input_ids"]
+            assert not added & set(ids), (text, ids)
+    assert plain("An ordinary <b>fact</b> | with <|pipes|>.") == "An ordinary <b>fact</b> | with <|pipes|>."
 
 
 def test_an_edit_cannot_add_a_turn_or_close_the_facts_block(lm, memory):
