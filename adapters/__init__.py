@@ -1,4 +1,2 @@
-"""Adapters to the outside world: the LangChain plugin and the chatbot server.
-
-Planned (see DESIGN.md); not implemented yet.
-"""
+"""Adapters to the outside world: the LangChain plugin (``langchain``) and the LangGraph store
+(``langgraph``). Each needs its extra: ``memedit[langchain]``, ``memedit[langgraph]``."""

@@ -12,6 +12,8 @@ from memedit.models import DEFAULT_BATCH_SIZE, DTYPES, check_batch_size
 
 from .runner import SCORINGS
 
+CHAIN_ROUTERS = ("mello", "pokemqa", "graph")  # the multi-hop routers: a loop limit and a scope detector
+
 
 def add_eval_parser(commands: Any) -> None:
     """Register ``memedit eval knowedit`` and ``memedit eval mquake`` on the CLI's subcommands."""
@@ -45,14 +47,14 @@ def add_eval_parser(commands: Any) -> None:
                                         "every question goes through the router. A rerun with the same settings skips "
                                         "finished cases.")
     mq.add_argument("--data", required=True, help="MQuAKE JSON file (e.g. MQuAKE-hard.json)")
-    mq.add_argument("--router", choices=["mello", "pokemqa", "ike"], default="pokemqa")
+    mq.add_argument("--router", choices=["mello", "pokemqa", "graph", "ike"], default="pokemqa")
     mq.add_argument("--model", default="smollm2-135m", help="packaged name (smollm2-135m, qwen2.5-1.5b) or a local path")
     mq.add_argument("--k", nargs="+", default=["1"], help="cases per batch: numbers and/or 'all' (several: one run each)")
     mq.add_argument("--limit", type=int, help="ask only the first N cases")
     mq.add_argument("--questions", type=int, choices=[1, 2, 3], default=1, help="questions asked per case (default 1)")
-    mq.add_argument("--max-hops", type=int, default=5, help="loop limit of MeLLo and PokeMQA (default 5)")
+    mq.add_argument("--max-hops", type=int, default=5, help="loop limit of MeLLo and PokeMQA, longest walk of graph (default 5)")
     mq.add_argument("--detector", choices=["edit", "cross-encoder", "embedding"], default="edit",
-                    help="the scope detector's classifier for PokeMQA and MeLLo (default: edit, the shipped one)")
+                    help="the scope detector's classifier for PokeMQA, MeLLo and graph (default: edit, the shipped one)")
     mq.add_argument("--first-threshold", type=float,
                     help="PokeMQA's first-stage cosine cut (default: none for edit, 0.4 for the statement-only ones)")
     mq.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
@@ -94,19 +96,18 @@ def cmd_mquake(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-hops must be 1 or more, got {args.max_hops}")
     model = load_model(args.model, dtype=args.dtype)
     options: dict[str, Any] = {}
-    if args.router in ("mello", "pokemqa"):
-        options["max_hops"] = args.max_hops
-    if args.router in ("mello", "pokemqa"):
+    if args.router in CHAIN_ROUTERS:
         from memedit.embeddings import get_embedder
         from memedit.retrievers.detector import load_classifier
-        options["detector" if args.router == "pokemqa" else "scope"] = load_classifier(args.detector, embedder=get_embedder())
+        options["max_hops"] = args.max_hops
+        options["scope" if args.router == "mello" else "detector"] = load_classifier(args.detector, embedder=get_embedder())
     if args.router == "pokemqa":
         options["first_threshold"] = _first_threshold(args)
     root = Path(args.out)
     for k in args.k:
         settings = {"benchmark": "mquake", "data": args.data, "router": args.router, "model": args.model,
                     "max_hops": args.max_hops if args.router != "ike" else None,
-                    "detector": args.detector if args.router in ("mello", "pokemqa") else None,
+                    "detector": args.detector if args.router in CHAIN_ROUTERS else None,
                     "first_threshold": _first_threshold(args) if args.router == "pokemqa" else None,
                     "dtype": args.dtype,
                     "command": "memedit " + " ".join(shlex.quote(a) for a in sys.argv[1:])}
@@ -133,12 +134,13 @@ def _first_threshold(args: argparse.Namespace) -> float | None:
 
 def mquake_table(summaries: list[dict[str, Any]]) -> str:
     """One Markdown row per run under the output folder."""
-    rows = ["| router | model | k | cases | accuracy | hop-wise | s/case | failures |", "|---|---|---|---|---|---|---|---|"]
+    rows = ["| router | model | k | cases | accuracy | hop-wise | s/case | calls/case | failures |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for data in summaries:
         meta, s = data["meta"], data["summary"]
         failures = ", ".join(f"{name} {n}" for name, n in s["failures"].items()) or "–"
         rows.append(f"| {meta['router']} | {meta['model']} | {meta['k']} | {s['cases']} | {s['accuracy']} | "
-                    f"{s['hop_accuracy']} | {s['seconds_per_case']} | {failures} |")
+                    f"{s['hop_accuracy']} | {s['seconds_per_case']} | {s.get('calls_per_case') or '–'} | {failures} |")
     return "\n".join(rows) + "\n"
 
 

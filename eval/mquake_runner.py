@@ -33,7 +33,7 @@ from typing import Any, Callable, Sequence
 
 from memedit.memory import Memory
 from memedit.models import DEFAULT_BATCH_SIZE
-from memedit.retrievers.steps import Failed, Steps, run_many
+from memedit.retrievers.steps import Failed, Steps, counted, run_many
 
 from .metrics import answer_matches
 from .mquake import MQuAKECase, batches, score_case
@@ -190,8 +190,9 @@ def case_steps(router, memory: Memory, case: MQuAKECase, questions: int, batch: 
     record with every trace (``latency_seconds``: from its first question to its score)."""
     started = time.time()
     asked = []
+    calls = [0]
     for question in case.questions[:questions]:
-        answer = yield from router.answer_steps(question)
+        answer = yield from counted(router.answer_steps(question), calls)
         chain = next((s["answers"] for s in answer.trace if s["step"] == "chain_answers"), None)
         asked.append({"question": question, "answer": answer.text, "route": answer.route, "chain": chain,
                       "edits_used": [e.id for e in answer.edits_used], "trace": answer.trace})
@@ -199,7 +200,7 @@ def case_steps(router, memory: Memory, case: MQuAKECase, questions: int, batch: 
     failure = None if scores["correct"] else classify_failure(case, asked[0]["trace"], memory)
     return {"case_id": case.case_id, "batch": batch, "batch_cases": batch_cases, **scores, "failure": failure,
             "new_answer": case.new_answers[0], "old_answer": case.old_answers[0] if case.old_answers else None,
-            "latency_seconds": round(time.time() - started, 2), "questions": asked}
+            "latency_seconds": round(time.time() - started, 2), "model_calls": calls[0], "questions": asked}
 
 
 def classify_failure(case: MQuAKECase, trace: list[dict[str, Any]], memory: Memory) -> str:
@@ -236,7 +237,12 @@ def summarize_mquake(records: list[dict[str, Any]]) -> dict[str, Any]:
     failures = Counter(r["failure"] for r in records if r["failure"])
     return {"cases": n, "accuracy": pct("correct"), "hop_accuracy": pct("hop_correct"), "old_answer": pct("old"),
             "failures": dict(failures.most_common()),
-            "seconds_per_case": round(sum(r["seconds"] for r in records) / n, 2) if n else None}
+            "seconds_per_case": round(sum(r["seconds"] for r in records) / n, 2) if n else None,
+            "calls_per_case": _mean([r["model_calls"] for r in records if "model_calls" in r])}
+
+
+def _mean(values: list[float]) -> float | None:
+    return round(sum(values) / len(values), 2) if values else None
 
 
 def render_report(summary: dict[str, Any], settings: dict[str, Any]) -> str:
@@ -247,8 +253,10 @@ def render_report(summary: dict[str, Any], settings: dict[str, Any]) -> str:
              "answered with the new answer or an alias",
              f"- loop limit: {settings.get('max_hops', '–')} hops",
              f"- command: `{settings.get('command', '–')}`", "",
-             "| cases | multi-hop accuracy | hop-wise accuracy | still the old answer | s/case |", "|---|---|---|---|---|",
-             f"| {summary['cases']} | {summary['accuracy']} | {summary['hop_accuracy']} | {summary['old_answer']} | {summary['seconds_per_case']} |",
+             "| cases | multi-hop accuracy | hop-wise accuracy | still the old answer | s/case | model calls/case |",
+             "|---|---|---|---|---|---|",
+             f"| {summary['cases']} | {summary['accuracy']} | {summary['hop_accuracy']} | {summary['old_answer']} | "
+             f"{summary['seconds_per_case']} | {summary.get('calls_per_case') or '–'} |",
              "", "What failed first (cases answered wrongly, counted from the traces):", ""]
     lines += [f"- {name}: {count}" for name, count in summary["failures"].items()] or ["- nothing"]
     return "\n".join(lines) + "\n"

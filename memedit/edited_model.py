@@ -12,10 +12,11 @@ from .models import LanguageModel, Prompt, load_model
 
 # name -> (module in memedit.retrievers, class): imported only when used.
 ROUTER_CLASSES = {"ike": ("ike", "IKERouter"), "serac": ("serac", "SERACRouter"), "mello": ("mello", "MeLLoRouter"),
-                  "pokemqa": ("pokemqa", "PokeMQARouter"), "grace": ("grace", "GRACERouter")}
+                  "pokemqa": ("pokemqa", "PokeMQARouter"), "graph": ("graph", "GraphRouter"),
+                  "grace": ("grace", "GRACERouter")}
 ROUTERS = tuple(ROUTER_CLASSES)
 # The routers that work through prompts alone, so they also run on a black-box chat model.
-PROMPT_ROUTERS = ("ike", "serac", "mello", "pokemqa")
+PROMPT_ROUTERS = ("ike", "serac", "mello", "pokemqa", "graph")
 
 
 def make_router(name: str, model: LanguageModel, memory: Memory, **options: Any):

@@ -140,14 +140,21 @@ class Memory:
             raise ArgumentError("edits", f"must be a list of edits (Edit objects or dicts), got {type(edits).__name__}")
         return self._write_all([(self._prepare(e), "active") for e in edits], via="add", progress=progress)
 
-    @_locked
     def retract(self, edit_id: str, reason: str | None = None) -> StoredEdit:
         """Take an edit off the memory. If it had superseded an edit, that one becomes active again."""
+        return self.retract_many([edit_id], reason)[0]
+
+    @_locked
+    def retract_many(self, edit_ids: Iterable[str], reason: str | None = None) -> list[StoredEdit]:
+        """Retract several edits in one transaction (all or none), in the order given; each
+        one restores the edit it had superseded, as ``retract`` does."""
+        edit_ids = list(edit_ids)
         reason = _check_text("reason", reason, 1_000)
         with self._store.write():
-            self._retract(edit_id, reason)
+            for edit_id in edit_ids:
+                self._retract(edit_id, reason)
         self.index.sync()
-        return self.get(edit_id)
+        return [self.get(edit_id) for edit_id in edit_ids]
 
     def _prepare(self, edit: Edit | dict[str, Any]) -> Edit:
         if isinstance(edit, dict):
@@ -239,17 +246,25 @@ class Memory:
 
     @_locked
     def list(self, status: str | None = "active", kind: str | None = None, subject: str | None = None,
-             source: str | None = None, limit: int | None = None, offset: int = 0) -> list[StoredEdit]:
-        """Edits of this namespace in the order they were added. ``status=None`` lists every status."""
+             source: str | None = None, limit: int | None = None, offset: int = 0,
+             id_prefix: str | None = None) -> list[StoredEdit]:
+        """Edits of this namespace in the order they were added. ``status=None`` lists every status;
+        ``id_prefix`` keeps the edits whose id starts with it."""
         if status is not None and status not in STATUSES:
             raise ArgumentError("status", f"must be one of {', '.join(STATUSES)} (or None for all); got {status!r}")
         if kind is not None and kind not in KINDS:
             raise ArgumentError("kind", f"must be one of {', '.join(KINDS)} (or None for all); got {kind!r}")
-        text_argument("subject", subject, required=False)
-        text_argument("source", source, required=False)
+        for name, value in (("subject", subject), ("source", source), ("id_prefix", id_prefix)):
+            text_argument(name, value, required=False)
         limit, offset = optional_whole_number("limit", limit), whole_number("offset", offset)
-        rows = self._store.list_rows(self.namespace, status, kind, subject, source, limit, offset)
+        rows = self._store.list_rows(self.namespace, status, kind, subject, source, limit, offset, id_prefix)
         return [row_to_edit(r) for r in rows]
+
+    @_locked
+    def namespaces(self) -> list[str]:
+        """The names of the namespaces of this database that hold active or consolidated edits,
+        sorted (names only: no edit of another namespace is read)."""
+        return self._store.namespaces()
 
     def search(self, query: str, k: int = 5) -> list[Hit]:
         """The ``k`` active edits whose statements are nearest to ``query``, best first."""

@@ -396,8 +396,11 @@ class Store:
 
     def list_rows(self, namespace: str, status: str | None = "active", kind: str | None = None,
                   subject: str | None = None, source: str | None = None,
-                  limit: int | None = None, offset: int = 0) -> list[dict[str, Any]]:
+                  limit: int | None = None, offset: int = 0, id_prefix: str | None = None) -> list[dict[str, Any]]:
         where, params = ["namespace = ?"], [namespace]
+        if id_prefix is not None:  # a range on (namespace, id), so the unique index serves it
+            where.append("id >= ? AND id < ?")
+            params += [id_prefix, id_prefix[:-1] + chr(ord(id_prefix[-1]) + 1)]
         for column, value in (("status", status), ("kind", kind), ("source", source)):
             if value is not None:
                 where.append(f"{column} = ?")
@@ -407,6 +410,11 @@ class Store:
             params.append(subject)
         sql = f"SELECT * FROM edits WHERE {' AND '.join(where)} ORDER BY rid LIMIT ? OFFSET ?"
         return self._rows(sql, (*params, -1 if limit is None else limit, offset))
+
+    def namespaces(self) -> list[str]:
+        """The namespaces that hold active or consolidated edits, sorted."""
+        cur = self.conn.execute("SELECT DISTINCT namespace FROM edits WHERE status IN ('active', 'consolidated') ORDER BY namespace")
+        return [row[0] for row in cur]
 
     def active_rids(self, namespace: str) -> np.ndarray:
         cur = self.conn.execute("SELECT rid FROM edits WHERE namespace = ? AND status = 'active' ORDER BY rid", (namespace,))

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from memedit.checks import whole_number
 from memedit.memory import Memory
@@ -208,6 +208,15 @@ class ChainRouter(Router):
         """One generated line after ``body`` (which ends right after a ``Name:``)."""
         text = yield from self._generate(body, stop=("\n",), max_new_tokens=24)
         return text.strip()
+
+
+def detect_hop(detector: Any, subquestion: str, accept: Callable[[Any], bool] | None = None) -> tuple[Any, dict[str, Any]]:
+    """(the edit the scope detector puts ``subquestion`` under, or None; the detector's
+    record of the hop for the trace). ``accept`` narrows the edits in scope (best first)."""
+    decision = detector.decide(subquestion)
+    best = next((e for e in decision.applied if accept is None or accept(e)), None)
+    return best, {"candidates": decision.record()["edits"], "in_scope": best is not None,
+                  "detector": decision.detector, "threshold": round(decision.threshold, 4)}
 
 
 def edit_record(edit: Any) -> dict[str, Any] | None:

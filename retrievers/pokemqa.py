@@ -20,7 +20,7 @@ from memedit.memory import Memory
 from memedit.models import LanguageModel
 
 from .detector import EditScope, ScopeDetector
-from .multihop import FINAL, Chain, ChainRouter, Example, edit_record, quote_fact
+from .multihop import FINAL, Chain, ChainRouter, Example, detect_hop, edit_record, quote_fact
 from .steps import Steps
 
 HEADER = ("Each question below is answered one fact at a time. When a memory of corrections holds a fact about a "
@@ -87,15 +87,9 @@ class PokeMQARouter(ChainRouter):
         quoted = _QUOTED.search(question)
         return quoted.group(1) if quoted else None
 
-    def detect(self, subquestion: str) -> tuple[Any, dict[str, Any]]:
-        """(the edit in scope or None, the detector's record for the trace)."""
-        decision = self.detector.decide(subquestion)
-        return decision.best, {"candidates": decision.record()["edits"], "in_scope": decision.best is not None,
-                               "detector": decision.detector, "threshold": round(decision.threshold, 4)}
-
     def settle(self, chain: Chain, text: str, found: dict[str, str], subquestion: str) -> Steps[dict[str, Any]]:
         chain.body += f"Sub-question: {subquestion}\n"
-        edit, detection = self.detect(subquestion)
+        edit, detection = detect_hop(self.detector, subquestion)
         record = {"subquestion": subquestion, **detection, "edit": edit_record(edit)}
         if edit is not None and edit.kind == "erase":
             chain.edits_used.append(edit)

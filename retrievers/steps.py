@@ -35,6 +35,22 @@ def done(value: T) -> Steps[T]:
     yield  # pragma: no cover - makes this a generator
 
 
+def counted(steps: Steps[T], calls: list[int]) -> Steps[T]:
+    """``steps`` unchanged, adding one to ``calls[0]`` for each generation it asks for."""
+    try:
+        request = next(steps)
+        while True:
+            calls[0] += 1
+            try:
+                text = yield request
+            except Exception as error:  # noqa: BLE001 - the machine decides what a failed generation means
+                request = steps.throw(error)
+            else:
+                request = steps.send(text)
+    except StopIteration as finished:
+        return finished.value
+
+
 def run_one(model: Any, steps: Steps[T]) -> T:
     """Drive one machine, generating each request as it comes; its errors propagate."""
     try:

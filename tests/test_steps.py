@@ -7,7 +7,7 @@ import pytest
 
 from memedit.edited_model import make_router
 from memedit.models import Prompt, Request
-from memedit.retrievers.steps import Failed, run_many, run_one
+from memedit.retrievers.steps import Failed, counted, run_many, run_one
 
 FACTS = [
     {"subject": "Marisol Quenby", "prompt": "{} works for", "target": "the Lisbon Botanical Institute"},
@@ -33,7 +33,7 @@ class CountingModel:
         return self.lm.generate(prompt, max_new_tokens=max_new_tokens, stop=stop)
 
 
-@pytest.mark.parametrize("router", ["serac", "pokemqa", "mello"])
+@pytest.mark.parametrize("router", ["serac", "pokemqa", "mello", "graph"])
 def test_answers_many_at_once_are_the_answers_one_by_one(lm, memory, router):
     for fact in FACTS:
         memory.add(**fact)
@@ -101,3 +101,17 @@ def test_a_batch_the_model_cannot_run_is_retried_row_by_row(lm):
     results = run_many(Flaky(), [_machine("poison", lm), _machine("epsilon", lm)], batch_size=4)
     assert isinstance(results[0], Failed) and "upstream refused" in str(results[0])
     assert results[1] == run_one(lm, _machine("epsilon", lm))
+
+
+def test_counted_counts_each_generation_and_passes_errors_through(lm):
+    calls = [0]
+    assert run_one(lm, counted(_machine("alpha", lm), calls)) == run_one(lm, _machine("alpha", lm))
+    assert calls == [3]  # the machine asks for three generations
+
+    class Broken:
+        def generate_many(self, requests, batch_size=8):
+            raise RuntimeError("the model is down")
+
+    broken = [0]
+    results = run_many(Broken(), [counted(_machine("beta", lm), broken)], batch_size=1)
+    assert isinstance(results[0], Failed) and "the model is down" in str(results[0]) and broken == [1]

@@ -1,0 +1,207 @@
+"""The graph router: the walk over the memory's triples (with a scripted model, so each test
+states what the model said and checks what the router made of it), and the real thing on
+SmolLM2 (mechanics: the same machinery, batched or not, on a local and a black-box model)."""
+
+from __future__ import annotations
+
+import pytest
+
+from memedit import Edit
+from memedit.edited_model import EditedModel
+from memedit.models import Prompt
+from memedit.retrievers.graph import FALLBACK_HEADER, GraphRouter, clean_answer, parse_entity, parse_step
+from memedit.retrievers.steps import run_many
+
+
+class ScriptedModel:
+    """A model that says what the test wrote: ``walks`` maps a question to (the entity, its
+    steps with ``#``); ``answers`` maps a sub-question (``#`` filled) to the model's answer.
+    It continues the walk's transcript as a model would; every prompt is kept."""
+
+    def __init__(self, walks: dict[str, tuple[str | None, list[str]]], answers: dict[str, str] | None = None) -> None:
+        self.walks, self.answers = walks, answers or {}
+        self.prompts: list[Prompt] = []
+
+    def generate(self, prompt: Prompt, max_new_tokens: int = 24, stop=()) -> str:
+        self.prompts.append(prompt)
+        body = prompt.body
+        if prompt.prefix.startswith(FALLBACK_HEADER):
+            return " " + self.answers.get(body.rsplit("Q: ", 1)[1].split("\n", 1)[0], "unknown")
+        question = body.split("Question: ", 1)[1].split("\n", 1)[0]
+        entity, steps = self.walks.get(question, (None, []))
+        if body.endswith("Entity:"):
+            return f" {entity}\nStep: {steps[0]}" if entity and steps else " ???\nI cannot split this"
+        written = [line.split(": ", 1)[1] for line in body.splitlines() if line.startswith("Step: ")]
+        following = (f"Rest: the rest after {len(written)}\nStep: {steps[len(written)]}" if len(written) < len(steps)
+                     else "Done.")
+        if not body.endswith("Answer:"):
+            return following
+        current = entity
+        for line in body.splitlines():
+            if line.startswith("Answer: "):
+                current = line.split(": ", 1)[1]
+        answer = self.answers.get(written[-1].replace("#", current), "unknown")
+        return f" {answer}\n{following}"
+
+    def generate_many(self, requests, batch_size: int = 8) -> list[str]:
+        return [self.generate(r.prompt, r.max_new_tokens, r.stop) for r in requests]
+
+    @property
+    def answer_calls(self) -> int:
+        """Generations in which the model wrote a step's answer."""
+        return sum(p.body.endswith(("Answer:", "A:")) for p in self.prompts)
+
+
+CHAIN = "Which city is the home of the club that Ada Brennick works for?"
+CHAIN_WALK = ("Ada Brennick", ["Who employs #?", "Which city is # based in?"])
+
+
+@pytest.fixture
+def chain_memory(memory):
+    memory.add(Edit(subject="Ada Brennick", relation="employer", prompt="{} is employed by", target="Halden Rovers"))
+    memory.add(Edit(subject="Halden Rovers", relation="home city", prompt="{} is based in the city of",
+                    target="Tromsø"))
+    return memory
+
+
+def hops(answer):
+    return [s for s in answer.trace if s["step"] == "hop"]
+
+
+def test_the_entity_and_steps_are_read_from_the_generations():
+    assert parse_entity(" Walkman.\nStep: Which company produced #?") == "Walkman"
+    assert parse_entity(" \nStep: x") is None
+    assert parse_step("Step 2: Who founded #?\nAnswer: Sony") == "Who founded #?"
+    assert parse_step("Done.") is None and parse_step("") is None
+    assert clean_answer(" Tromsø.\nmore") == "Tromsø"
+
+
+def test_an_edit_changes_the_first_hop_and_the_second_hop_follows_its_target(chain_memory):
+    model = ScriptedModel({CHAIN: CHAIN_WALK}, {"Who employs Ada Brennick?": "Oslo FC"})
+    answer = GraphRouter(model, chain_memory).answer(CHAIN)
+    walk = hops(answer)
+    assert [h["entity"] for h in walk] == ["Ada Brennick", "Halden Rovers"]
+    assert [h["source"] for h in walk] == ["edit", "edit"]
+    assert answer.text == "Tromsø"
+    assert [e.target for e in answer.edits_used] == ["Halden Rovers", "Tromsø"]
+    # one call per step and one that ends the walk; the model never answered a step an edit answered
+    assert len(model.prompts) == 3 and model.answer_calls == 0
+    transcript = next(s for s in answer.trace if s["step"] == "transcript")["text"]
+    assert ('Memory fact: "Ada Brennick is employed by Halden Rovers."\nAnswer: Halden Rovers\n'
+            "Rest: the rest after 1\nStep: Which city is # based in?\n") in transcript
+    assert [h["rest"] for h in walk] == ["the rest after 1", None]
+    assert next(s for s in answer.trace if s["step"] == "chain_answers")["answers"] == ["Halden Rovers", "Tromsø"]
+
+
+def test_a_hop_no_edit_covers_is_answered_by_the_model_from_the_edited_entity(memory):
+    memory.add(Edit(subject="Ada Brennick", relation="employer", prompt="{} is employed by", target="Halden Rovers"))
+    model = ScriptedModel({CHAIN: CHAIN_WALK}, {"Which city is Halden Rovers based in?": "Halden"})
+    answer = GraphRouter(model, memory).answer(CHAIN)
+    assert [h["source"] for h in hops(answer)] == ["edit", "model"]
+    assert hops(answer)[1]["subquestion"] == "Which city is Halden Rovers based in?"
+    assert answer.text == "Halden"
+    assert model.answer_calls == 1 and len(model.prompts) == 3
+
+
+def test_without_an_edit_that_applies_the_model_answers_each_hop(chain_memory):
+    question = "In which country is the Eiffel Tower?"
+    model = ScriptedModel({question: ("Eiffel Tower", ["In which country is # located?"])},
+                          {"In which country is Eiffel Tower located?": "France"})
+    answer = GraphRouter(model, chain_memory).answer(question)
+    assert answer.text == "France" and answer.edits_used == []
+    assert hops(answer)[0]["source"] == "model" and hops(answer)[0]["in_scope"] is False
+
+
+def test_entity_found_through_an_alias_stored_on_an_edit(memory):
+    memory.add(Edit(subject="Ada Brennick", relation="employer", prompt="{} is employed by", target="Halden Rovers",
+                    aliases=("the Rovers",)))
+    memory.add(Edit(subject="Halden Rovers", relation="home city", prompt="{} is based in the city of", target="Tromsø"))
+    question = "Where are the Rovers based?"
+    model = ScriptedModel({question: ("the Rovers", ["Which city is # based in?"])})
+    answer = GraphRouter(model, memory).answer(question)
+    assert answer.text == "Tromsø" and hops(answer)[0]["source"] == "edit"
+
+
+def test_a_free_text_edit_in_scope_is_quoted_to_the_model(memory):
+    memory.add(Edit(statement="Ada Brennick now plays for the Halden Rovers."))
+    question = "Which club does Ada Brennick play for?"
+    model = ScriptedModel({question: ("Ada Brennick", ["Which club does # play for?"])},
+                          {"Which club does Ada Brennick play for?": "Halden Rovers"})
+    router = GraphRouter(model, memory, detector="embedding")
+    router.detector.classifier.threshold = 0.3
+    answer = router.answer(question)
+    assert hops(answer)[0]["source"] == "fact"
+    assert model.prompts[1].body.endswith('Memory fact: "Ada Brennick now plays for the Halden Rovers."\nAnswer:')
+    assert answer.text == "Halden Rovers" and len(answer.edits_used) == 1
+
+
+def test_an_erase_in_scope_refuses(memory):
+    memory.add(Edit(kind="erase", subject="Ada Brennick", relation="employer", prompt="{} is employed by"))
+    model = ScriptedModel({CHAIN: CHAIN_WALK})
+    answer = GraphRouter(model, memory).answer(CHAIN)
+    assert answer.route == "erase" and answer.text == GraphRouter(model, memory).refusal
+    assert len(model.prompts) == 1
+
+
+def test_a_garbled_decomposition_falls_back_to_the_plain_question(chain_memory):
+    question = "Tell me something about Ada Brennick's club city"
+    model = ScriptedModel({}, {question: "Tromsø"})
+    answer = GraphRouter(model, chain_memory).answer(question)
+    assert any(s["step"] == "fallback" for s in answer.trace)
+    assert hops(answer)[0]["subquestion"] == question and answer.text == "Tromsø"
+    # the fallback never copies an edit's target: the model answers, with a fact quoted if one applies
+    assert hops(answer)[0]["source"] in ("model", "fact") and model.answer_calls == 1
+
+
+def test_a_cycle_in_the_edits_ends_the_walk_and_says_so(memory):
+    memory.add(Edit(subject="Ada Brennick", relation="employer", prompt="{} is employed by", target="Ben Ode"))
+    memory.add(Edit(subject="Ben Ode", relation="employer", prompt="{} is employed by", target="Ada Brennick"))
+    question = "Who employs the employer of the employer of Ada Brennick?"
+    model = ScriptedModel({question: ("Ada Brennick", ["Who employs #?"] * 3)})
+    answer = GraphRouter(model, memory).answer(question)
+    assert [h["answer"] for h in hops(answer)] == ["Ben Ode", "Ada Brennick"]
+    assert any(s["step"] == "stop" and "cycle" in s["reason"] for s in answer.trace)
+    assert answer.text == "Ada Brennick"
+
+
+def test_a_walk_longer_than_max_hops_stops_there_and_says_so(chain_memory):
+    model = ScriptedModel({CHAIN: (CHAIN_WALK[0], CHAIN_WALK[1] + ["Who is the mayor of #?"])})
+    answer = GraphRouter(model, chain_memory, max_hops=2).answer(CHAIN)
+    assert len(hops(answer)) == 2 and answer.text == "Tromsø"
+    assert any(s["step"] == "stop" and "max_hops" in s["reason"] for s in answer.trace)
+
+
+def test_bad_options_are_named(memory):
+    with pytest.raises(ValueError, match="max_hops"):
+        GraphRouter(ScriptedModel({}), memory, max_hops=0)
+
+
+def test_many_walks_batched_give_the_answers_of_one_at_a_time(chain_memory):
+    questions = {CHAIN: CHAIN_WALK, "Who employs Ada Brennick?": ("Ada Brennick", ["Who employs #?"]),
+                 "What is the capital of Norway?": ("Norway", ["What is the capital of #?"])}
+    model = ScriptedModel(questions, {"What is the capital of Norway?": "Oslo"})
+    router = GraphRouter(model, chain_memory)
+    alone = [router.answer(q).text for q in questions]
+    together = [a.text for a in run_many(model, (router.answer_steps(q) for q in questions), batch_size=3)]
+    assert together == alone == ["Tromsø", "Halden Rovers", "Oslo"]
+
+
+@pytest.mark.slow
+def test_graph_router_runs_on_smollm2_local_and_black_box(lm, chain_memory):
+    """Mechanics on the real model: the decomposition is the model's own, the walk's final
+    answer is its last hop's, and batching changes nothing."""
+    from memedit.adapters.langchain import LocalChatModel, MemoryChatModel
+
+    edited = EditedModel(lm, chain_memory, router="graph")
+    questions = [CHAIN, "Who employs Ada Brennick?"]
+    answers = [edited.ask(q) for q in questions]
+    for answer in answers:
+        walk = hops(answer)
+        assert answer.route == "graph" and walk
+        assert answer.text == walk[-1]["answer"]
+        for hop in walk:  # each hop starts from the previous answer (or the entity the model named)
+            assert hop["source"] in ("edit", "fact", "model")
+    assert [a.text for a in edited.router.answer_many(questions, batch_size=2)] == [a.text for a in answers]
+    chat = MemoryChatModel(chat_model=LocalChatModel(model=lm), memory=chain_memory, router="graph")
+    reply = chat.invoke("Who employs Ada Brennick?")
+    assert reply.response_metadata["memedit"]["route"] in ("graph", "erase")
