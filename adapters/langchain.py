@@ -79,7 +79,7 @@ def split_conversation(messages: Sequence[BaseMessage]) -> tuple[str | None, lis
 # -- a chat model as a memedit model -------------------------------------------------------
 class LangChainBackend:
     """A LangChain chat model behind memedit's model interface (``chat``, ``generate``,
-    ``stream``, ``generate_many``): a black box, so the routers that work through prompts
+    ``stream``, ``generate_many``, ``plain``): a black box, so the routers that work through prompts
     alone (IKE, SERAC, MeLLo, PokeMQA) run on it. ``max_new_tokens`` is not passed on; ``stop`` cuts the text."""
 
     has_chat_template = True
