@@ -11,7 +11,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
-from memedit.checks import whole_number
+from memedit.checks import text_argument, unicode_problem, whole_number
+from memedit.errors import ArgumentError
 from memedit.memory import Memory
 from memedit.models import DEFAULT_BATCH_SIZE, LanguageModel, Prompt, Request
 from memedit.store import StoredEdit
@@ -87,7 +88,9 @@ def check_history(history: Sequence[dict[str, str]]) -> list[dict[str, str]]:
     turns = []
     for i, turn in enumerate(history):
         if not isinstance(turn, dict) or turn.get("role") not in ("system", "user", "assistant") or not isinstance(turn.get("content"), str):
-            raise ValueError(f"history[{i}] must be a dict with role 'system', 'user' or 'assistant' and text content, got {turn!r}")
+            raise ArgumentError(f"history[{i}]", f"must be a dict with role 'system', 'user' or 'assistant' and text content, got {turn!r}")
+        if unicode_problem(turn["content"]):
+            raise ArgumentError(f"history[{i}].content", unicode_problem(turn["content"]))
         turns.append({"role": turn["role"], "content": turn["content"]})
     return turns
 
@@ -222,9 +225,7 @@ class Router:
 
 
 def check_question(question: Any) -> str:
-    if not isinstance(question, str) or not question.strip():
-        raise ValueError(f"question must be non-empty text, got {question!r}")
-    return question
+    return text_argument("question", question)
 
 
 class AnswerStream:

@@ -196,6 +196,19 @@ def test_a_closed_memory_says_so(seeded):
     assert intact()
 
 
+def test_a_lone_surrogate_in_a_question_or_history_is_an_argument_error(lm, seeded):
+    from memedit.retrievers.serac import SERACRouter
+
+    memory, intact = seeded
+    router = SERACRouter(lm, memory)
+    for call, name in ((lambda: router.answer("Where is " + SURROGATE), "question"),
+                       (lambda: router.answer("Hi?", history=[{"role": "user", "content": "a" + SURROGATE}]), "history[0].content")):
+        with pytest.raises(ArgumentError) as caught:
+            call()
+        assert caught.value.name == name and "surrogate" in str(caught.value)
+    assert intact()
+
+
 # -- whole numbers --------------------------------------------------------------------------
 
 def test_whole_number_arguments_share_one_check(seeded):
