@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from memedit.retrievers.scope_cli import add_scope_parser
     add_scope_parser(commands)
+
+    from .serve_cli import add_serve_parsers
+    add_serve_parsers(commands, common)
     return parser
 
 
@@ -117,6 +120,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "scope":
             from memedit.retrievers.scope_cli import cmd_scope
             return cmd_scope(args)
+        if args.command in ("serve", "keys"):
+            from .serve_cli import cmd_keys, cmd_serve
+            return (cmd_serve if args.command == "serve" else cmd_keys)(args)
         with Memory(args.db, namespace=args.namespace) as memory:
             return COMMANDS[args.command](memory, args)
     except ImportFailed as err:
