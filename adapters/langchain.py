@@ -32,6 +32,7 @@ from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool, ToolException
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr
 
+from memedit.checks import whole_number
 from memedit.edited_model import PROMPT_ROUTERS, make_router
 from memedit.errors import MemeditError
 from memedit.memory import Hit, Memory
@@ -78,7 +79,7 @@ def split_conversation(messages: Sequence[BaseMessage]) -> tuple[str | None, lis
 # -- a chat model as a memedit model -------------------------------------------------------
 class LangChainBackend:
     """A LangChain chat model behind memedit's model interface (``chat``, ``generate``,
-    ``stream``, ``generate_many``): a black box, so the routers that work through prompts
+    ``stream``, ``generate_many``, ``plain``): a black box, so the routers that work through prompts
     alone (IKE, SERAC, MeLLo, PokeMQA) run on it. ``max_new_tokens`` is not passed on; ``stop`` cuts the text."""
 
     has_chat_template = True
@@ -88,6 +89,11 @@ class LangChainBackend:
             raise TypeError(f"chat_model must be a LangChain chat model (with invoke and stream), got {type(chat_model).__name__}")
         self.chat_model = chat_model
         self.name = name or type(chat_model).__name__
+
+    @staticmethod
+    def plain(text: str) -> str:
+        """Text as it is: a chat model takes message content as text, not as its own tokens."""
+        return text
 
     def chat(self, messages: Sequence[dict[str, str]], cache_turns: int = 0) -> Prompt:
         pairs = tuple((m["role"], m["content"]) for m in messages)
@@ -331,9 +337,7 @@ class MemoryRetriever(BaseRetriever):
 
 
 def _check_k(k: Any) -> int:
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a whole number of 1 or more, got {k!r}")
-    return k
+    return whole_number("k", k, 1)
 
 
 # -- tools ---------------------------------------------------------------------------------

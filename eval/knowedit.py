@@ -39,6 +39,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from memedit.checks import optional_whole_number
 from memedit.edit import Edit
 from memedit.errors import EditError, MemeditError
 
@@ -179,8 +180,7 @@ def _answers(path: Path, where: str, field: str, value: Any) -> list[str]:
 
 
 def _check_limit(limit: Any) -> None:
-    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
-        raise ValueError(f"limit must be a non-negative integer or None, got {limit!r}")
+    optional_whole_number("limit", limit)
 
 
 # ---------------------------------------------------------------- probe JSONL

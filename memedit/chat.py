@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
+from .checks import whole_number
 from .edited_model import EditedModel
 from .store import StoredEdit
 
@@ -53,8 +54,7 @@ class ChatSession:
     def __init__(self, edited: EditedModel, history_turns: int = 4) -> None:
         if not isinstance(edited, EditedModel):
             raise TypeError(f"edited must be an EditedModel, got {type(edited).__name__}")
-        if not isinstance(history_turns, int) or history_turns < 0:
-            raise ValueError(f"history_turns must be a whole number of 0 or more, got {history_turns!r}")
+        whole_number("history_turns", history_turns)
         self.edited = edited
         self.history_turns = history_turns
         self.turns: list[Turn] = []

@@ -10,6 +10,7 @@ import os
 import sys
 from typing import Any, Sequence
 
+from .checks import unicode_problem
 from .edit import Edit
 from .errors import ImportFailed, MemeditError
 from .memory import DEFAULT_DB, DEFAULT_NAMESPACE, Memory
@@ -105,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    for i, arg in enumerate(argv, start=1):
+        problem = unicode_problem(arg) if isinstance(arg, str) else None
+        if problem:
+            _error(f"argument {i} ({arg!r}) {problem}")
+            return 2
     args = build_parser().parse_args(argv)
     try:
         if args.command == "eval":
@@ -121,11 +128,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImportFailed as err:
         if args.json:
             print(json.dumps({"imported": 0, "errors": [{"line": n, "message": m} for n, m in err.errors]}))
-        print(f"memedit: error: {err}", file=sys.stderr)
+        _error(str(err))
         return 1
     except (MemeditError, ValueError, OSError) as err:
-        print(f"memedit: error: {err}", file=sys.stderr)
+        _error(str(err))
         return 1
+
+
+def _error(message: str) -> None:
+    """``memedit: error: message`` on standard error; characters it cannot encode are escaped."""
+    line = f"memedit: error: {message}"
+    encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
+    print(line.encode(encoding, "backslashreplace").decode(encoding, "replace"), file=sys.stderr)
 
 
 # -- commands -----------------------------------------------------------------------

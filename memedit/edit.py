@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from .checks import unicode_problem
 from .errors import EditError
 
 KINDS = ("insert", "modify", "erase")
@@ -39,8 +40,9 @@ def _check_text(name: str, value: Any, limit: int, required: bool = False) -> st
         raise EditError(name, "is empty; give some text or leave the field out")
     if len(text) > limit:
         raise EditError(name, f"is {len(text):,} characters, over the limit of {limit:,}; shorten it or split it into several edits")
-    if "\x00" in text:
-        raise EditError(name, "contains a NUL character; remove it")
+    problem = unicode_problem(text)
+    if problem:
+        raise EditError(name, problem)
     return text
 
 

@@ -34,8 +34,26 @@ class ConflictError(MemeditError, ValueError):
     """A write contradicts what is stored (duplicate id, edit already retracted...)."""
 
 
+class ArgumentError(MemeditError, ValueError, TypeError):
+    """An argument of a memedit call has a bad value or type; ``name`` names it.
+
+    Both a ValueError and a TypeError, so code that caught either before keeps working."""
+
+    def __init__(self, name: str, message: str):
+        self.name = name
+        super().__init__(f"{name} {message}")
+
+
 class StoreOpenError(MemeditError, OSError):
     """The database file cannot be opened as a memedit store."""
+
+
+class StoreReadOnly(StoreOpenError):
+    """The database (or its folder, where SQLite keeps its -wal and -shm files) cannot be written."""
+
+
+class StoreDamaged(StoreOpenError):
+    """SQLite reports the database file damaged (malformed pages, not a database, an I/O error)."""
 
 
 class ImportFailed(MemeditError, ValueError):

@@ -12,11 +12,12 @@ from typing import Any, Callable, Iterable, Sequence, TextIO
 import numpy as np
 
 from .artifacts import Artifacts
-from .edit import Edit, _check_text, new_edit_id, utc_now
+from .checks import optional_whole_number, text_argument, whole_number
+from .edit import KINDS, Edit, _check_text, new_edit_id, utc_now
 from .embeddings import DEFAULT_EMBEDDER, Embedder, get_embedder
-from .errors import ConflictError, EditError, ImportFailed
+from .errors import ArgumentError, ConflictError, EditError, ImportFailed
 from .index import HNSW_THRESHOLD, NamespaceIndex, index_folder
-from .store import STATUSES, Action, Event, Store, StoredEdit, row_to_edit
+from .store import STATUSES, Action, Event, Store, StoredEdit, db_path, row_to_edit
 
 DEFAULT_DB = "memedit.db"
 DEFAULT_NAMESPACE = "default"
@@ -118,7 +119,7 @@ class Memory:
                  embedder: Embedder | str = DEFAULT_EMBEDDER, hnsw_threshold: int = HNSW_THRESHOLD,
                  _shared: _Shared | None = None) -> None:
         self.namespace = check_namespace(namespace)
-        self._shared = _shared or _Shared(str(path), embedder, hnsw_threshold)
+        self._shared = _shared or _Shared(db_path(path), embedder, hnsw_threshold)
         self._store: Store = self._shared.store
         self.path = self._shared.path
 
@@ -154,11 +155,13 @@ class Memory:
         if edit is None:
             edit = Edit(**fields)
         elif fields:
-            raise TypeError("pass either an edit or keyword fields, not both")
+            raise ArgumentError("edit", "and keyword fields were both given; pass either an edit or keyword fields, not both")
         return self.add_many([edit])[0]
 
     def add_many(self, edits: Iterable[Edit | dict[str, Any]], progress: bool = False) -> list[StoredEdit]:
         """Store many edits in one transaction (all or none), embedding them in batches."""
+        if isinstance(edits, (str, bytes, dict, Edit)) or not hasattr(edits, "__iter__"):
+            raise ArgumentError("edits", f"must be a list of edits (Edit objects or dicts), got {type(edits).__name__}")
         return self._write_all([(self._prepare(e), "active") for e in edits], via="add", progress=progress)
 
     def retract(self, edit_id: str, reason: str | None = None) -> StoredEdit:
@@ -181,7 +184,7 @@ class Memory:
         if isinstance(edit, dict):
             edit = Edit.from_dict(edit)
         elif not isinstance(edit, Edit):
-            raise TypeError(f"expected an Edit or a dict of edit fields, got {type(edit).__name__}")
+            raise ArgumentError("edit", f"must be an Edit or a dict of edit fields, got {type(edit).__name__}")
         if edit.namespace is not None and edit.namespace != self.namespace:
             raise EditError("namespace", f"is {edit.namespace!r} but this memory is scoped to {self.namespace!r}; "
                                          f"use memory.with_namespace({edit.namespace!r}) or leave namespace out")
@@ -279,12 +282,12 @@ class Memory:
         """Edits of this namespace in the order they were added. ``status=None`` lists every status;
         ``id_prefix`` keeps the edits whose id starts with it."""
         if status is not None and status not in STATUSES:
-            raise ValueError(f"status must be one of {', '.join(STATUSES)} (or None for all); got {status!r}")
-        for name, value in (("limit", limit), ("offset", offset)):
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-                raise ValueError(f"{name} must be a whole number of 0 or more, got {value!r}")
-        if id_prefix is not None and (not isinstance(id_prefix, str) or not id_prefix):
-            raise ValueError(f"id_prefix must be non-empty text, got {id_prefix!r}")
+            raise ArgumentError("status", f"must be one of {', '.join(STATUSES)} (or None for all); got {status!r}")
+        if kind is not None and kind not in KINDS:
+            raise ArgumentError("kind", f"must be one of {', '.join(KINDS)} (or None for all); got {kind!r}")
+        for name, value in (("subject", subject), ("source", source), ("id_prefix", id_prefix)):
+            text_argument(name, value, required=False)
+        limit, offset = optional_whole_number("limit", limit), whole_number("offset", offset)
         rows = self._store.list_rows(self.namespace, status, kind, subject, source, limit, offset, id_prefix)
         return [row_to_edit(r) for r in rows]
 
@@ -296,15 +299,13 @@ class Memory:
 
     def search(self, query: str, k: int = 5) -> list[Hit]:
         """The ``k`` active edits whose statements are nearest to ``query``, best first."""
-        if not isinstance(query, str) or not query.strip():
-            raise ValueError(f"query must be non-empty text, got {query!r}")
+        text_argument("query", query)
         return self.search_vector(self._shared.embedder.encode_one(query), k)
 
     @_locked
     def search_vector(self, vector: np.ndarray, k: int = 5) -> list[Hit]:
         """Like ``search``, for a query already embedded (normalised, embedder's dimension)."""
-        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
-            raise ValueError(f"k must be a whole number from 1 to {MAX_K}, got {k!r}")
+        whole_number("k", k, 1, MAX_K)
         index = self.index
         index.sync()
         hits = index.search(vector, k)
@@ -321,7 +322,7 @@ class Memory:
     @_locked
     def history(self, edit_id: str | None = None, limit: int | None = None) -> list[Event]:
         """The event log of one edit, or of the whole namespace, oldest first."""
-        return self._store.history(self.namespace, edit_id, limit)
+        return self._store.history(self.namespace, edit_id, optional_whole_number("limit", limit))
 
     @_locked
     def stats(self) -> dict[str, Any]:
@@ -464,6 +465,10 @@ class Memory:
             except json.JSONDecodeError as err:
                 errors.append((number, f"not valid JSON ({err.msg} at column {err.colno})"))
                 continue
+            except RecursionError:
+                errors.append((number, "nested too deeply to read (JSON arrays or objects inside each other by the "
+                                       "thousand); an edit is one flat object of text fields"))
+                continue
             except (EditError, TypeError) as err:
                 errors.append((number, str(err)))
                 continue
@@ -514,4 +519,4 @@ def check_namespace(namespace: Any) -> str:
     try:
         return _check_text("namespace", namespace, 200, required=True)
     except EditError as err:
-        raise ValueError(f"namespace {str(err).split(': ', 1)[1]}") from None
+        raise ArgumentError("namespace", str(err).split(": ", 1)[1]) from None

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
+from .checks import whole_number
 from .files import quiet_hf
 from .model_files import DEFAULT_MODEL, resolve
 
@@ -72,14 +74,44 @@ class Request:
         return [cls(as_prompt(p), max_new_tokens, tuple(stop)) for p in prompts]
 
 
+class PlainText:
+    """Makes text from outside (the memory, a user's question, a conversation's history) plain
+    text for one tokenizer: every string the tokenizer would read as one of its added tokens
+    (``<|im_end|>``, ``<|im_start|>``, ``<|endoftext|>``, ``<repo_name>``...) gets a zero-width
+    space after its first character, so it is tokenised as ordinary characters and can never
+    become a control token (a turn boundary, an end of text). Other text is left as it is.
+
+    This is done on the text, before templating, because a prompt is text (rendered by the chat
+    template, cached and traced as text): tokenising with special tokens split would also split
+    the template's own. Where a normaliser would drop the zero-width space, a plain space is used.
+    """
+
+    MARKS = ("\u200b", " ")
+
+    def __init__(self, tokenizer) -> None:
+        added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+        strings = {getattr(t, "content", str(t)) for t in added.values()} | set(getattr(tokenizer, "all_special_tokens", ()))
+        strings = sorted((s for s in strings if len(s.strip()) > 1 and not any(m in s for m in self.MARKS)), key=len, reverse=True)
+        self.pattern = re.compile("|".join(map(re.escape, strings))) if strings else None
+        self.mark = self.MARKS[0]
+        added_ids = set(added)
+        if strings and added_ids & set(tokenizer(self(strings[0]), add_special_tokens=False)["input_ids"]):
+            self.mark = self.MARKS[1]
+
+    def __call__(self, text: str) -> str:
+        if self.pattern is None:
+            return text
+        while self.pattern.search(text):  # a mark splits one match; what it leaves may hold another
+            text = self.pattern.sub(lambda m: m.group(0)[0] + self.mark + m.group(0)[1:], text)
+        return text
+
+
 def as_prompt(prompt: Prompt | str) -> Prompt:
     return prompt if isinstance(prompt, Prompt) else Prompt("", prompt)
 
 
 def check_batch_size(batch_size: object) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a whole number of 1 or more, got {batch_size!r}")
-    return batch_size
+    return whole_number("batch_size", batch_size, 1)
 
 
 def check_request(request: object, index: int = 0) -> Request:
@@ -88,9 +120,7 @@ def check_request(request: object, index: int = 0) -> Request:
         raise TypeError(f"requests[{index}] must be a memedit.models.Request, got {type(request).__name__}")
     if not isinstance(request.prompt, Prompt) or not request.prompt.body:
         raise ValueError(f"requests[{index}]: the prompt's body is empty; give at least one token of text after the prefix")
-    budget = request.max_new_tokens
-    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
-        raise ValueError(f"requests[{index}]: max_new_tokens must be a whole number of 1 or more, got {budget!r}")
+    whole_number(f"requests[{index}].max_new_tokens", request.max_new_tokens, 1)
     if isinstance(request.stop, str) or not all(isinstance(s, str) for s in request.stop):
         raise ValueError(f"requests[{index}]: stop must be a tuple of strings, got {request.stop!r}")
     return request
@@ -124,6 +154,7 @@ class LanguageModel:
         self.device = device
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
+        self.plain = PlainText(tokenizer)
         self._prefixes: OrderedDict[str, tuple[list[int], object]] = OrderedDict()
         self._lock = threading.RLock()
         self.tokens_generated = 0  # every token decoded so far (one at a time or batched), for throughput figures
@@ -142,7 +173,9 @@ class LanguageModel:
     def chat(self, messages: Sequence[dict[str, str]], cache_turns: int = 0) -> Prompt:
         """Render chat ``messages`` (role/content dicts) with the model's chat template, ready
         for the assistant's reply. The first ``cache_turns`` messages become the cached prefix.
-        Without a chat template, a plain ``Role: content`` transcript is used."""
+        Without a chat template, a plain ``Role: content`` transcript is used. Every message's
+        content is made plain text first (:class:`PlainText`): no text in a message can become
+        one of the model's control tokens; only the template makes those."""
         text = self._render(messages, generation=True)
         pairs = message_pairs(messages)
         if cache_turns:
@@ -152,6 +185,7 @@ class LanguageModel:
         return Prompt("", text, pairs)
 
     def _render(self, messages: Sequence[dict[str, str]], generation: bool) -> str:
+        messages = [{**m, "content": self.plain(m["content"])} for m in messages]
         if self.has_chat_template:
             return self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=generation)
         lines = [f"{m['role'].capitalize()}: {m['content']}\n" for m in messages]
@@ -326,7 +360,7 @@ class LanguageModel:
         import torch
 
         prompt = as_prompt(prompt)
-        target = self._ids(continuation)
+        target = self._ids(self.plain(continuation)) if isinstance(continuation, str) else []
         if not target:
             raise ValueError("continuation is empty; give the text whose tokens should be scored")
         with self._lock, torch.inference_mode():
@@ -344,7 +378,7 @@ class LanguageModel:
         rows: list[tuple[Prompt, list[int], list[int]]] = []
         for i, (prompt, continuation) in enumerate(items):
             prompt = as_prompt(prompt)
-            target = self._ids(continuation) if isinstance(continuation, str) else []
+            target = self._ids(self.plain(continuation)) if isinstance(continuation, str) else []
             if not target:
                 raise ValueError(f"items[{i}]: the continuation is empty; give the text whose tokens should be scored")
             if not prompt.body:

@@ -8,8 +8,9 @@ takes the namespace; nothing here reads across namespaces except ``namespaces()`
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Iterator, Sequence
@@ -17,8 +18,9 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from sqlite_utils import Database
 
+from .checks import unicode_problem
 from .edit import Edit, utc_now
-from .errors import ConflictError, EditNotFound, StoreOpenError
+from .errors import ArgumentError, ConflictError, EditNotFound, MemeditError, StoreDamaged, StoreOpenError, StoreReadOnly
 
 SCHEMA_VERSION = 2  # 2: edits may be "consolidated" (written into a model's weights)
 STATUSES = ("active", "superseded", "retracted", "consolidated")
@@ -96,6 +98,29 @@ CREATE TABLE IF NOT EXISTS artifacts (
 """.replace("{edits_table}", EDITS_TABLE.format(name="edits")).replace("{edit_indexes}", "\n".join(EDIT_INDEXES) + "\n")
 
 
+def db_path(path: Any) -> str:
+    """A database path as text, checked: a non-empty file name (or ``:memory:``) that is valid Unicode."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise StoreOpenError(f"the database path must be a file name (text or a path), got {type(path).__name__} {path!r}")
+    text = os.fspath(path)
+    if isinstance(text, bytes) or not text.strip():
+        raise StoreOpenError(f"the database path {text!r} is empty or not text; give a file name such as 'memedit.db' "
+                             f"(or ':memory:' for a database that lasts only as long as the process)")
+    problem = unicode_problem(text)
+    if problem:
+        raise StoreOpenError(f"the database path {text!r} {problem}")
+    return text
+
+
+def _schema_version(path: str, value: Any) -> int:
+    """The stored schema version as a number; StoreOpenError when it is not one."""
+    if isinstance(value, int) or (isinstance(value, str) and value.isascii() and value.isdigit()):
+        return int(value)
+    raise StoreOpenError(f"{path}: the schema version in its meta table is {value!r}, not a whole number; the file was "
+                         f"changed by hand or is not a memedit store. Set it back (UPDATE meta SET value = "
+                         f"'{SCHEMA_VERSION}' WHERE key = 'schema_version') or open another file")
+
+
 @dataclass(frozen=True)
 class StoredEdit(Edit):
     """An edit as the store holds it: with its status and, if superseded, the newer edit's id."""
@@ -127,6 +152,99 @@ def _chunks(values: list[Any], size: int = 500) -> Iterator[tuple[list[Any], str
         yield chunk, ",".join("?" * len(chunk))
 
 
+def _not_writable(path: str) -> bool:
+    """The database file exists but this user may not write it or its folder."""
+    folder = os.path.dirname(os.path.abspath(path))
+    return os.path.isfile(path) and not (os.access(path, os.W_OK) and os.access(folder, os.W_OK))
+
+
+def translate(err: sqlite3.Error, path: str) -> MemeditError:
+    """The MemeditError for an SQLite error on the database at ``path``."""
+    text = str(err)
+    if "readonly" in text.replace(" ", "").replace("-", "") or _not_writable(path):
+        return StoreReadOnly(f"the memedit database {path!r} is read-only ({text}); nothing was written. Open it as a user "
+                             f"who may write the file and its folder (SQLite keeps -wal and -shm files beside it), or copy it")
+    if "not a database" in text:
+        return StoreOpenError(f"cannot open the memedit database {path!r} ({text}); the file is not an SQLite database. "
+                              f"Give the path of a memedit database, or a new file name to start one")
+    if any(w in text for w in ("malformed", "disk I/O", "corrupt")):
+        return StoreDamaged(f"the memedit database {path!r} is damaged ({text}); nothing was written. Restore it from a "
+                            f"backup, or save what SQLite can still read with: sqlite3 {path} .recover > recovered.sql")
+    if "locked" in text or "busy" in text:
+        return StoreOpenError(f"the memedit database {path!r} is busy ({text}); another process holds a write lock; try again")
+    return StoreOpenError(f"the memedit database {path!r} failed ({type(err).__name__}: {text}); "
+                          f"check that it is a memedit SQLite file and that its folder exists and is writable")
+
+
+class _Cursor(sqlite3.Cursor):
+    """A cursor that raises a MemeditError (``translate``) for what SQLite reports while reading."""
+
+    def _run(self, method, *args):
+        try:
+            return method(*args)
+        except sqlite3.DatabaseError as err:
+            if isinstance(err, (sqlite3.IntegrityError, sqlite3.ProgrammingError)):
+                raise
+            raise translate(err, self.connection.memedit_path) from None
+        except UnicodeEncodeError as err:  # a parameter no check caught: text that is not valid Unicode
+            raise ArgumentError("a text argument", f"is not valid Unicode ({err.reason} at position {err.start}); "
+                                                   f"pass UTF-8 text") from None
+
+    def execute(self, *args):
+        return self._run(super().execute, *args)
+
+    def executemany(self, *args):
+        return self._run(super().executemany, *args)
+
+    def executescript(self, *args):
+        return self._run(super().executescript, *args)
+
+    def fetchone(self):
+        return self._run(super().fetchone)
+
+    def fetchmany(self, *args):
+        return self._run(super().fetchmany, *args)
+
+    def fetchall(self):
+        return self._run(super().fetchall)
+
+    def __next__(self):
+        return self._run(super().__next__)
+
+
+class _Connection(sqlite3.Connection):
+    """A connection whose every statement goes through ``_Cursor``: the one place where SQLite's
+    errors (damaged pages, a read-only file, a lock held too long) become MemeditErrors."""
+
+    memedit_path = "?"
+
+    def _closed(self, err: Exception) -> StoreOpenError:
+        return StoreOpenError(f"the memedit database {self.memedit_path!r} is closed ({err}); "
+                              f"open it again: Memory({self.memedit_path!r})")
+
+    def cursor(self, factory=_Cursor):
+        try:
+            return super().cursor(factory)
+        except sqlite3.ProgrammingError as err:  # the connection is closed
+            raise self._closed(err) from None
+
+    @property
+    def in_transaction(self) -> bool:
+        try:
+            return super().in_transaction
+        except sqlite3.ProgrammingError as err:
+            raise self._closed(err) from None
+
+    def execute(self, *args):
+        return self.cursor().execute(*args)
+
+    def executemany(self, *args):
+        return self.cursor().executemany(*args)
+
+    def executescript(self, *args):
+        return self.cursor().executescript(*args)
+
+
 def row_to_edit(row: dict[str, Any]) -> StoredEdit:
     fields = {name: row[name] for name in EDIT_COLUMNS}
     fields["aliases"] = tuple(json.loads(row["aliases"]))
@@ -140,23 +258,34 @@ class Store:
         self.path = path
         self._writing = False
         try:
-            conn = sqlite3.connect(path, timeout=timeout, check_same_thread=False)
-            self.db = Database(conn)
-            self.conn = conn
-            if path != ":memory:":
-                self.db.enable_wal()
-        except sqlite3.DatabaseError as err:
+            conn = sqlite3.connect(path, timeout=timeout, check_same_thread=False, factory=_Connection)
+        except sqlite3.Error as err:
+            if _not_writable(path):
+                raise translate(err, path) from None
             raise StoreOpenError(f"cannot open the memedit database {path!r} ({err}); "
-                                 "check that its folder exists and that it is a memedit SQLite file") from None
+                                 "check that its folder exists and that the path names a file, not a folder") from None
+        conn.memedit_path = path
+        self.db = Database(conn)
+        self.conn = conn
+        try:
+            self._open()
+        except BaseException:
+            conn.close()
+            raise
+
+    def _open(self) -> None:
+        if self.path != ":memory:":
+            self.db.enable_wal()
         self.db.execute("PRAGMA foreign_keys = ON")
         with self.write():
             self.db.executescript(SCHEMA)
-            version = self.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            stored = self.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            version = None if stored is None else _schema_version(self.path, stored[0])
             if version is None:
                 self.conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            elif int(version[0]) > SCHEMA_VERSION:
-                raise ConflictError(f"{path} was written by a newer memedit (schema {version[0]}); upgrade memedit to open it")
-        if version is not None and int(version[0]) < 2:
+            elif version > SCHEMA_VERSION:
+                raise ConflictError(f"{self.path} was written by a newer memedit (schema {version}); upgrade memedit to open it")
+        if version is not None and version < 2:
             self._migrate_to_2()
 
     def _migrate_to_2(self) -> None:
@@ -192,7 +321,9 @@ class Store:
         try:
             yield
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            if self.conn.in_transaction:  # SQLite may have rolled back already (a damaged page, a full disk)
+                with suppress(MemeditError):
+                    self.conn.execute("ROLLBACK")
             raise
         else:
             self.conn.execute("COMMIT")
@@ -209,7 +340,8 @@ class Store:
         try:
             yield
         finally:
-            self.conn.execute("COMMIT")
+            if self.conn.in_transaction:
+                self.conn.execute("COMMIT")
 
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         return list(self.db.query(sql, params))
@@ -251,6 +383,8 @@ class Store:
     # -- reads ----------------------------------------------------------------
 
     def row(self, namespace: str, edit_id: str) -> dict[str, Any]:
+        if isinstance(edit_id, str) and unicode_problem(edit_id):
+            raise ArgumentError("edit_id", f"{edit_id!r} {unicode_problem(edit_id)}")
         rows = self._rows("SELECT * FROM edits WHERE namespace = ? AND id = ?", (namespace, edit_id))
         if not rows:
             raise EditNotFound(edit_id, namespace)

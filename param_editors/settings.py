@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+from memedit.checks import whole_number
 from memedit.layout import find_blocks
 from memedit.models import LanguageModel
 
@@ -89,7 +90,6 @@ def _check(settings: EditorSettings, n: int) -> None:
         raise ValueError(f"layers must be block indexes from 0 to {n - 1}, got {settings.layers!r}")
     if settings.method == "rome" and len(settings.layers) != 1:
         raise ValueError(f"ROME edits one layer; got layers={settings.layers!r} (use method='memit' for several)")
-    if not isinstance(settings.stats_tokens, int) or settings.stats_tokens < 1024:
-        raise ValueError(f"stats_tokens must be a whole number of at least 1024, got {settings.stats_tokens!r}")
+    whole_number("stats_tokens", settings.stats_tokens, 1024)
     if not settings.value.steps >= 1 or not settings.value.lr > 0:
         raise ValueError(f"steps must be 1 or more and lr above 0, got steps={settings.value.steps!r}, lr={settings.value.lr!r}")

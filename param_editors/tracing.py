@@ -49,7 +49,7 @@ class Request:
 
 def encode(lm: LanguageModel, text: str) -> list[int]:
     """Token ids of raw text, the way ``LanguageModel.score`` tokenises a prompt."""
-    return lm._ids(text)
+    return lm._ids(lm.plain(text))
 
 
 def subject_tokens(lm: LanguageModel, context: str, request: Request) -> tuple[list[int], int]:

@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
+from memedit.checks import text_argument, unicode_problem, whole_number
+from memedit.errors import ArgumentError
 from memedit.memory import Memory
 from memedit.models import DEFAULT_BATCH_SIZE, LanguageModel, Prompt, Request
 from memedit.store import StoredEdit
@@ -49,9 +51,16 @@ class Plan:
     trace: list[dict[str, Any]] = field(default_factory=list)
 
 
+def quote(text: str) -> str:
+    """Memory text as one JSON string on one line, with every ``</`` written ``<\\/`` (the same
+    string to a JSON reader), so no text inside can close a ``</facts>`` block or any other tag."""
+    return json.dumps(text, ensure_ascii=False).replace("</", "<\\/")
+
+
 def quote_facts(statements: list[str]) -> str:
-    """Statements as a delimited, JSON-quoted list: data the model reads, not orders."""
-    lines = "\n".join(f"{i}. {json.dumps(s, ensure_ascii=False)}" for i, s in enumerate(statements, 1))
+    """Statements as a delimited, JSON-quoted list: data the model reads, not orders. Only the
+    block's own last line is ``</facts>``."""
+    lines = "\n".join(f"{i}. {quote(s)}" for i, s in enumerate(statements, 1))
     return f"<facts>\n{lines}\n</facts>"
 
 
@@ -79,7 +88,9 @@ def check_history(history: Sequence[dict[str, str]]) -> list[dict[str, str]]:
     turns = []
     for i, turn in enumerate(history):
         if not isinstance(turn, dict) or turn.get("role") not in ("system", "user", "assistant") or not isinstance(turn.get("content"), str):
-            raise ValueError(f"history[{i}] must be a dict with role 'system', 'user' or 'assistant' and text content, got {turn!r}")
+            raise ArgumentError(f"history[{i}]", f"must be a dict with role 'system', 'user' or 'assistant' and text content, got {turn!r}")
+        if unicode_problem(turn["content"]):
+            raise ArgumentError(f"history[{i}].content", unicode_problem(turn["content"]))
         turns.append({"role": turn["role"], "content": turn["content"]})
     return turns
 
@@ -98,8 +109,7 @@ class Router:
 
     def __init__(self, model: LanguageModel, memory: Memory, k: int = 3, refusal: str = DEFAULT_REFUSAL,
                  max_new_tokens: int = 24, system: str = ANSWER_SYSTEM, stop: Sequence[str] = ("\n",)) -> None:
-        if not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be a whole number of 1 or more, got {k!r}")
+        whole_number("k", k, 1)
         if not isinstance(refusal, str) or not refusal.strip():
             raise ValueError(f"refusal must be non-empty text, got {refusal!r}")
         self.model = model
@@ -215,9 +225,7 @@ class Router:
 
 
 def check_question(question: Any) -> str:
-    if not isinstance(question, str) or not question.strip():
-        raise ValueError(f"question must be non-empty text, got {question!r}")
-    return question
+    return text_argument("question", question)
 
 
 class AnswerStream:

@@ -31,6 +31,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from memedit.checks import whole_number
 from memedit.edit import fill_prompt
 from memedit.embeddings import DEFAULT_EMBEDDER
 from memedit.errors import ModelPackageError
@@ -406,8 +407,7 @@ class ScopeDetector:
 
     def __init__(self, memory: Any, classifier: Any = "edit", k: int = 5, by_name: bool | None = None,
                  threshold: float | None = None, min_cosine: float | None = None) -> None:
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            raise ValueError(f"k must be a whole number of 1 or more, got {k!r}")
+        whole_number("k", k, 1)
         self.memory = memory
         self.classifier = load_classifier(classifier, embedder=memory.embedder)
         if threshold is not None:

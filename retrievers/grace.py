@@ -42,6 +42,7 @@ import torch
 
 from memedit import hooks
 from memedit.artifacts import ArtifactError
+from memedit.checks import whole_number
 from memedit.edit import fill_prompt
 from memedit.layout import final_norm, find_blocks, output_logits
 from memedit.memory import Memory
@@ -94,8 +95,7 @@ def default_settings(model: LanguageModel, **overrides: Any) -> GraceSettings:
         raise ValueError(f"layer must be from 0 to {n - 1} for {model.name} ({n} blocks), got {settings.layer!r}")
     if not settings.radius > 0:
         raise ValueError(f"radius must be above 0, got {settings.radius!r}")
-    if not isinstance(settings.steps, int) or settings.steps < 1:
-        raise ValueError(f"steps must be a whole number of 1 or more, got {settings.steps!r}")
+    whole_number("steps", settings.steps, 1)
     if not settings.lr > 0:
         raise ValueError(f"lr must be above 0, got {settings.lr!r}")
     return settings
@@ -144,7 +144,7 @@ class LayerAdaptor:
     def example(self, prompt_ids: list[int], target: str) -> dict[str, Any]:
         """What training needs for one (prompt, target): the key, the MLP's output at the last
         prompt token, the prefix key/value cache, and the teacher-forced ids."""
-        target_ids = self.lm.tokenizer(target, add_special_tokens=False)["input_ids"] + [self.eot]
+        target_ids = self.lm.tokenizer(self.lm.plain(target), add_special_tokens=False)["input_ids"] + [self.eot]
         cut = len(prompt_ids) - 1
         suffix = prompt_ids[cut:] + target_ids[:-1]
         calls: list[tuple[tuple, dict]] = []

@@ -134,7 +134,8 @@ class GraphRouter(PokeMQARouter):
         return Plan(self.name, text=answer, edits_used=used, trace=trace)
 
     def _walk(self, body: str) -> Steps[str]:
-        text = yield Request(Prompt(self.prefix, body), self.hop_tokens, STOPS)
+        # the body holds the question, memory facts and generated lines: plain text, never control tokens
+        text = yield Request(Prompt(self.prefix, self.model.plain(body)), self.hop_tokens, STOPS)
         return text
 
 

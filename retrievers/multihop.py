@@ -16,15 +16,15 @@ prefix whose key/value cache is reused for every question and every hop.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from memedit.checks import whole_number
 from memedit.memory import Memory
 from memedit.models import LanguageModel, Prompt, Request
 
-from .base import Plan, Router, check_question
+from .base import Plan, Router, check_question, quote
 from .steps import Steps, run_one
 
 FACT_LINE = "Memory fact: "
@@ -113,7 +113,7 @@ def _first(found: list[tuple[str, str]]) -> dict[str, str]:
 
 
 def quote_fact(statement: str) -> str:
-    return FACT_LINE + json.dumps(statement, ensure_ascii=False)
+    return FACT_LINE + quote(statement)
 
 
 class ChainRouter(Router):
@@ -131,8 +131,7 @@ class ChainRouter(Router):
     def __init__(self, model: LanguageModel, memory: Memory, k: int = 1, max_hops: int = 5, hop_tokens: int = 48,
                  **options: Any) -> None:
         super().__init__(model, memory, k=k, **options)
-        if not isinstance(max_hops, int) or max_hops < 1:
-            raise ValueError(f"max_hops must be a whole number of 1 or more, got {max_hops!r}")
+        whole_number("max_hops", max_hops, 1)
         self.max_hops = max_hops
         self.hop_tokens = hop_tokens
         self.prefix = self.header.strip() + "\n\n" + "".join(self.render(e) + "\n\n" for e in EXAMPLES)
@@ -201,7 +200,8 @@ class ChainRouter(Router):
     # -- pieces the routers share --------------------------------------------------------------
     def _generate(self, body: str, stop: Sequence[str], max_new_tokens: int | None = None) -> Steps[str]:
         """The continuation of the transcript ``body``, yielded as a request."""
-        text = yield Request(Prompt(self.prefix, body), max_new_tokens or self.hop_tokens, tuple(stop))
+        # the body holds the question, memory facts and generated lines: plain text, never control tokens
+        text = yield Request(Prompt(self.prefix, self.model.plain(body)), max_new_tokens or self.hop_tokens, tuple(stop))
         return text
 
     def _line(self, body: str) -> Steps[str]:

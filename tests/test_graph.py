@@ -47,6 +47,11 @@ class ScriptedModel:
     def generate_many(self, requests, batch_size: int = 8) -> list[str]:
         return [self.generate(r.prompt, r.max_new_tokens, r.stop) for r in requests]
 
+    @staticmethod
+    def plain(text: str) -> str:
+        """No tokenizer, so no control tokens to break: text stays as it is."""
+        return text
+
     @property
     def answer_calls(self) -> int:
         """Generations in which the model wrote a hop's answer."""
