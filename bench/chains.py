@@ -19,28 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-# (first edit, second edit, question); each edit is (subject, cloze prompt, target).
-CHAINS = (
-    (("Ada Brennick", "{} works for", "Halden Rovers"), ("Halden Rovers", "{} is based in the city of", "Tromsø"),
-     "In which city is the club that Ada Brennick works for based?"),
-    (("Marisol Quenby", "{} works for", "the Lisbon Botanical Institute"),
-     ("Lisbon Botanical Institute", "The headquarters of {} is in", "Porto"),
-     "Where is the headquarters of the organisation that employs Marisol Quenby?"),
-    (("Glass Orchard", "{} was written by", "Teodor Vanlis"), ("Teodor Vanlis", "{} was born in", "Gdańsk"),
-     "Where was the author of Glass Orchard born?"),
-    (("Kestrel Dynamics", "{} was founded by", "Imani Okoro"), ("Imani Okoro", "{} is a citizen of", "Ghana"),
-     "What is the country of citizenship of the founder of Kestrel Dynamics?"),
-    (("Lumen Street Café", "{} is owned by", "Rafael Idris"), ("Rafael Idris", "{} is married to", "Sana Meyer"),
-     "Who is the spouse of the owner of Lumen Street Café?"),
-    (("the Orla Prize", "{} is awarded by", "the Fennick Society"),
-     ("Fennick Society", "The chair of {} is", "Joan Avery"),
-     "Who chairs the society that awards the Orla Prize?"),
-    (("Corsair X", "The {} is made by", "Pellham Motors"), ("Pellham Motors", "{} is headquartered in", "Leeds"),
-     "In which city is the maker of the Corsair X headquartered?"),
-    (("Tavrin Bridge", "The {} was designed by", "Oskar Lindqvist"),
-     ("Oskar Lindqvist", "{} studied at", "the University of Turku"),
-     "At which university did the designer of the Tavrin Bridge study?"),
-)
+# Each chain: two edits as [subject, cloze prompt, target] and the question that needs both.
+CHAINS = [(c["first"], c["second"], c["question"])
+          for c in json.loads((Path(__file__).parent / "data" / "chains.json").read_text(encoding="utf-8"))]
 ROUTERS = ("pokemqa", "graph")
 
 
