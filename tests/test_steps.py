@@ -32,6 +32,9 @@ class CountingModel:
         self.calls.append(1)
         return self.lm.generate(prompt, max_new_tokens=max_new_tokens, stop=stop)
 
+    def __getattr__(self, name):  # the rest of the model (plain, chat, ...) as it is
+        return getattr(self.lm, name)
+
 
 @pytest.mark.parametrize("router", ["serac", "pokemqa", "mello", "graph"])
 def test_answers_many_at_once_are_the_answers_one_by_one(lm, memory, router):
