@@ -36,7 +36,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from memedit.memory import Memory
-from memedit.models import LanguageModel, Prompt, Request
+from memedit.models import LanguageModel
 
 from .base import Plan, check_question
 from .entities import find_mention, fold
@@ -81,14 +81,14 @@ class GraphRouter(PokeMQARouter):
         """The walk as a step machine: each generation it needs is yielded. (``history`` is
         not used: each question is walked on its own.)"""
         question = check_question(question)
-        body = self.start(question)
         entity = self.find_entity(question) if self.key_entity else None
+        body = self.start(question, entity)
         trace: list[dict[str, Any]] = [{"step": "chain", "router": self.name, "max_hops": self.max_hops,
                                         "key_entity": entity}]
         hops: list[dict[str, Any]] = []
         used: list[Any] = []
         seen: set[str] = set()
-        text = yield from self._walk(body)
+        text = yield from self._generate(body, STOPS)
         subquestion, final = next_line(text)
         if subquestion is None and final is None:
             trace.append({"step": "fallback", "reason": "the model wrote no sub-question: the plain question is the one hop",
@@ -117,10 +117,10 @@ class GraphRouter(PokeMQARouter):
             if edit is not None and edit.target:
                 hop.update(source="edit", answer=edit.target)
                 body += f"Answer: {edit.target}\n"
-                text = yield from self._walk(body)
+                text = yield from self._generate(body, STOPS)
             else:
                 body += "Answer:"
-                text = yield from self._walk(body)
+                text = yield from self._generate(body, STOPS)
                 hop.update(source="fact" if edit is not None else "model", answer=clean_answer(text))
                 body += f" {hop['answer']}\n"
                 text = text.split("\n", 1)[1] if "\n" in text else ""
@@ -133,10 +133,6 @@ class GraphRouter(PokeMQARouter):
         trace.append({"step": "transcript", "text": body})
         return Plan(self.name, text=answer, edits_used=used, trace=trace)
 
-    def _walk(self, body: str) -> Steps[str]:
-        # the body holds the question, memory facts and generated lines: plain text, never control tokens
-        text = yield Request(Prompt(self.prefix, self.model.plain(body)), self.hop_tokens, STOPS)
-        return text
 
 
 def names_subject(subquestion: str, edit: Any, router: GraphRouter) -> bool:

@@ -73,8 +73,11 @@ class PokeMQARouter(ChainRouter):
         entity = f'Key entity: "{example.key_entity}"\n' if example.key_entity else ""
         return f"Question: {example.question}\n{entity}"
 
-    def start(self, question: str) -> str:
-        entity = self.find_entity(question) if self.key_entity else None
+    def start(self, question: str, entity: str | None = None) -> str:
+        """The transcript body for a new question, with the key entity line (``entity``, or
+        the one found in the question)."""
+        if entity is None and self.key_entity:
+            entity = self.find_entity(question)
         return f"Question: {question}\n" + (f'Key entity: "{entity}"\n' if entity else "")
 
     def find_entity(self, question: str) -> str | None:
