@@ -277,6 +277,11 @@ class EditScope:
         texts = [question] + [t for _, asked, relation, filled in plans for t in (asked, relation, filled)]
         return found, plans, texts + [e.statement for e in edits] + [_mask_subject(e) for e in edits]
 
+    def masked(self, question: str, edits: Sequence[Any], names: dict[str, list[str]] | None = None) -> list[str]:
+        """The question with each named subject masked out: the texts :meth:`judge` embeds
+        for ``edits`` beside the question itself."""
+        return list(dict.fromkeys(asked for mention, asked, _, _ in self.texts(question, edits, names)[1] if mention))
+
     def pair_scores(self, pairs: Sequence[Any]) -> np.ndarray:
         """Scores of labelled pairs (``ScopePair`` with ``edit``), for benchmarks."""
         self.embed(list(dict.fromkeys(t for p in pairs for t in self.texts(p.question, [p.edit])[2])))
@@ -319,6 +324,11 @@ class StatementScope:
     def judge(self, question: str, edits: Sequence[Any], names: Any = None) -> list[Verdict]:
         scores = self.classifier.scores(question, [e.statement for e in edits]) if edits else []
         return [Verdict(e, float(s), bool(s >= self.threshold)) for e, s in zip(edits, scores)]
+
+    def masked(self, question: str, edits: Sequence[Any], names: dict[str, list[str]] | None = None) -> list[str]:
+        """The question with each named subject masked out: the texts :meth:`judge` embeds
+        for ``edits`` beside the question itself."""
+        return list(dict.fromkeys(asked for mention, asked, _, _ in self.texts(question, edits, names)[1] if mention))
 
     def pair_scores(self, pairs: Sequence[Any]) -> np.ndarray:
         return self.classifier.pair_scores(pairs)
@@ -426,30 +436,45 @@ class ScopeDetector:
     def threshold(self) -> float:
         return self.classifier.threshold
 
-    def candidates(self, question: str, vector: np.ndarray | None = None) -> tuple[list[Any], dict[str, float | None]]:
+    def named(self, question: str) -> list[Any]:
+        """The active triple edits whose subject the question may name (none unless ``by_name``)."""
+        if not self.by_name:
+            return []
+        if self.names.refresh(self.memory) and hasattr(self.classifier, "prepare"):
+            self.classifier.prepare(self.names.edits)
+        return self.names.named_in(question)
+
+    def embed_question(self, question: str, named: Sequence[Any] = ()) -> np.ndarray:
+        """The question's vector. The edit classifier embeds it in one batch with the masked
+        forms its verdicts on ``named`` will need, so a question costs one encoder pass."""
+        if not isinstance(self.classifier, EditScope):
+            return self.memory.embedder.encode_one(question)
+        return self.classifier.embed([question, *self.classifier.masked(question, named, self.names.names)])[0]
+
+    def candidates(self, question: str, vector: np.ndarray | None = None, named: Sequence[Any] | None = None
+                   ) -> tuple[list[Any], dict[str, float | None]]:
         """(candidate edits, their retrieval cosine by id, None for a named one): the ``k`` nearest, then the named ones."""
+        named = self.named(question) if named is None else named
         if vector is None:
-            vector = self.memory.embedder.encode_one(question)
+            vector = self.embed_question(question, named)
         hits = [h for h in self.memory.search_vector(vector, k=self.k)
                 if self.min_cosine is None or h.score >= self.min_cosine]
         edits = [h.edit for h in hits]
         cosine = {h.edit.id: float(h.score) for h in hits}
-        if self.by_name:
-            if self.names.refresh(self.memory) and hasattr(self.classifier, "prepare"):
-                self.classifier.prepare(self.names.edits)
-            for edit in self.names.named_in(question):
-                if edit.id not in cosine:
-                    edits.append(edit)
-                    cosine[edit.id] = None
+        for edit in named:
+            if edit.id not in cosine:
+                edits.append(edit)
+                cosine[edit.id] = None
         return edits, cosine
 
     def decide(self, question: str, vector: np.ndarray | None = None, edits: Sequence[Any] | None = None) -> Decision:
         """Judge the question against its candidates (or the given ``edits``), best first."""
         cosine: dict[str, float | None] = {}
         if edits is None:
+            named = self.named(question)
             if vector is None:
-                vector = self.memory.embedder.encode_one(question)
-            edits, cosine = self.candidates(question, vector)
+                vector = self.embed_question(question, named)
+            edits, cosine = self.candidates(question, vector, named)
         names = self.names.names if self.by_name else None
         if isinstance(self.classifier, EditScope) and vector is not None:
             self.classifier.remember(question, vector)

@@ -202,16 +202,16 @@ def test_free_text_and_erase_edits_are_skipped_with_the_reason(lm, open_memory, 
 
 
 @pytest.mark.skipif(not WCF.exists(), reason=f"KnowEdit wiki_counterfact not found at {WCF}")
-def test_memit_batch_of_twenty_edits_mostly_succeeds(lm, open_memory, db_path):
-    cases = load_knowedit(WCF, limit=20)
+def test_memit_batch_of_ten_edits_mostly_succeeds(lm, open_memory, db_path):
+    cases = load_knowedit(WCF, limit=10)
     memory = open_memory(db_path)
     stored = memory.add_many([c.edit for c in cases])
     model = fresh(lm)
     took_before = [model.score(e.prompt.format(e.subject), " " + e.target).token_accuracy == 1.0 for e in stored]
     report = memory.consolidate(model, method="memit", stats_tokens=STATS_TOKENS)
     assert report.committed
-    assert len(report.consolidated) >= 15, report.lines()
-    assert sum(took_before) <= 5
+    assert len(report.consolidated) >= 7, report.lines()
+    assert sum(took_before) <= 3
     for edit_id in report.consolidated:  # each consolidated edit really is the greedy answer now
         e = memory.get(edit_id)
         assert model.score(e.prompt.format(e.subject), " " + e.target).token_accuracy == 1.0
