@@ -1,0 +1,84 @@
+"""The search of one namespace on PostgreSQL: pgvector in SQL, filtered by namespace.
+
+It follows the event log as ``NamespaceIndex`` does (the same replay keeps the set of
+active row ids, so ``sync`` costs one query when nothing changed), but holds no vectors
+and writes no file: the search is one SQL query over the ``embeddings`` table, joined to
+the namespace's active edits. Below ``hnsw_threshold`` active edits it is exact (a
+sequential scan of the namespace); above, it walks the HNSW index (inner product on
+normalised vectors, ``hnsw.ef_search`` 128) and falls back to the exact query whenever
+the walk, filtered by namespace and status, returns fewer than ``k`` hits.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .index import HNSW_THRESHOLD, IndexFileError, NamespaceIndex, VectorSource
+
+FROM = ("FROM embeddings e JOIN edits d ON d.rid = e.edit_rid "
+        "WHERE d.namespace = ? AND d.status = 'active' AND e.model = ? AND vector_dims(e.vector) = {dim}")
+
+
+class PgIndex(NamespaceIndex):
+    """Nearest-edit search over one namespace's active edits, run by PostgreSQL."""
+
+    def __init__(self, store: Any, namespace: str, embedder: str, dim: int, vectors: VectorSource,
+                 folder: Path | None = None, hnsw_threshold: int = HNSW_THRESHOLD) -> None:
+        store.ensure_hnsw(dim)
+        self._embed_missing(store, namespace, embedder, vectors)
+        super().__init__(store, namespace, embedder, dim, vectors, None, hnsw_threshold)
+        distance = f"e.vector::vector({int(dim)}) <#> ?::vector({int(dim)})"
+        where = FROM.format(dim=int(dim))
+        self._hnsw_sql = f"SELECT e.edit_rid, -({distance}) {where} ORDER BY {distance} LIMIT ?"
+        # MATERIALIZED keeps the planner off the HNSW index: every active edit is scored.
+        self._exact_sql = (f"WITH scored AS MATERIALIZED (SELECT e.edit_rid, {distance} AS distance {where}) "
+                           f"SELECT edit_rid, -distance FROM scored ORDER BY distance LIMIT ?")
+
+    @staticmethod
+    def _embed_missing(store: Any, namespace: str, embedder: str, vectors: VectorSource) -> None:
+        """Store vectors for active edits that have none for this embedder (written under another)."""
+        missing = store.rids_without_vector(namespace, embedder)
+        if missing:
+            matrix = vectors(missing)
+            with store.write():
+                for rid, vector in zip(missing, matrix):
+                    store.put_vector(rid, embedder, vector)
+
+    def _load(self) -> None:
+        raise IndexFileError("the search runs in PostgreSQL")  # nothing to load: start from the store
+
+    def _rebuild(self) -> None:
+        self.last_seq = self.store.max_seq(self.namespace)
+        self.live = set(self.store.active_rids(self.namespace).tolist())
+        self.dead = set()
+
+    def _add(self, rids) -> None:
+        self.live.update(int(r) for r in rids)
+
+    def _remove(self, rids) -> None:
+        self.live.difference_update(rids)
+
+    @property
+    def kind(self) -> str:
+        return "pgvector-hnsw" if len(self.live) >= self.hnsw_threshold else "pgvector-exact"
+
+    def search(self, query: np.ndarray, k: int) -> list[tuple[int, float]]:
+        """The ``k`` nearest active edits to a normalised query vector: (row id, inner product)."""
+        if k <= 0 or not self.live:
+            return []
+        from pgvector import Vector
+
+        vector = Vector(np.asarray(query, dtype=np.float32).reshape(-1))
+        hits: list = []
+        if len(self.live) >= self.hnsw_threshold:
+            hits = self.store._all(self._hnsw_sql, (vector, self.namespace, self.embedder, vector, k))
+        if len(hits) < min(k, len(self.live)):
+            hits = self.store._all(self._exact_sql, (vector, self.namespace, self.embedder, k))
+        return [(int(rid), float(score)) for rid, score in hits]
+
+    def save(self) -> None:
+        """Nothing to save: PostgreSQL holds the vectors and their index."""
+        self.unsaved = 0
