@@ -63,7 +63,8 @@ class PgIndex(NamespaceIndex):
 
     @property
     def kind(self) -> str:
-        return "pgvector-hnsw" if len(self.live) >= self.hnsw_threshold else "pgvector-exact"
+        """"flat" (exact) or "hnsw", as the FAISS index says."""
+        return "hnsw" if len(self.live) >= self.hnsw_threshold else "flat"
 
     def search(self, query: np.ndarray, k: int) -> list[tuple[int, float]]:
         """The ``k`` nearest active edits to a normalised query vector: (row id, inner product)."""

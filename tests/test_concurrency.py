@@ -1,4 +1,4 @@
-"""Several processes on one database: a reader only ever sees whole batches, its index
+"""Several processes on one database (SQLite and PostgreSQL alike): a reader only ever sees whole batches, its index
 catches up with what a writer adds after it opened, and concurrent writers queue.
 
 The subprocesses use the deterministic HashEmbedder of conftest (no model to load) under
@@ -133,8 +133,8 @@ def batch_of(tag, b):
     return [{"statement": f"{tag} batch{b} item{i} token{tag}x{b}x{i}", "source": f"{tag}-{b}"} for i in range(BATCH)]
 
 
-def test_a_reader_process_sees_only_whole_batches_and_catches_up(tmp_path):
-    db = str(tmp_path / "shared.db")
+def test_a_reader_process_sees_only_whole_batches_and_catches_up(tmp_path, storage):
+    db = storage
     writer = Memory(db, embedder=HashEmbedder())
     try:
         writer.add_many(batch_of("seed", 0))
@@ -155,8 +155,8 @@ def test_a_reader_process_sees_only_whole_batches_and_catches_up(tmp_path):
     assert all(n % BATCH == 0 for n in report["counts"])
 
 
-def test_two_writer_processes_queue_and_nothing_is_lost(tmp_path):
-    db = str(tmp_path / "shared.db")
+def test_two_writer_processes_queue_and_nothing_is_lost(tmp_path, storage):
+    db = storage
     Memory(db, embedder=HashEmbedder()).close()
     batches = 25
     other, ready, go = start(tmp_path, "writer", db, batches, "sub", "writer")
