@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .index import HNSW_THRESHOLD, IndexFileError, NamespaceIndex, VectorSource
+from .index import HNSW_THRESHOLD, NamespaceIndex, VectorSource
 
 FROM = ("FROM embeddings e JOIN edits d ON d.rid = e.edit_rid "
         "WHERE d.namespace = ? AND d.status = 'active' AND e.model = ? AND vector_dims(e.vector) = {dim}")
@@ -47,8 +47,8 @@ class PgIndex(NamespaceIndex):
                 for rid, vector in zip(missing, matrix):
                     store.put_vector(rid, embedder, vector)
 
-    def _load(self) -> None:
-        raise IndexFileError("the search runs in PostgreSQL")  # nothing to load: start from the store
+    def _open(self) -> None:
+        self._rebuild()  # nothing to load or check: the ids come from the store
 
     def _rebuild(self) -> None:
         self.last_seq = self.store.max_seq(self.namespace)
