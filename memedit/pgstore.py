@@ -16,6 +16,7 @@ import re
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Iterator, Sequence
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -24,6 +25,7 @@ from .storage import Storage
 
 try:
     import psycopg
+    import psycopg.conninfo
     from psycopg import errors as pg_errors
     from psycopg.rows import dict_row
 except ImportError:  # pragma: no cover - the postgres extra is not installed
@@ -95,14 +97,25 @@ def _need_psycopg() -> None:
                              "(psycopg and pgvector)")
 
 
+def check_url(url: str) -> None:
+    """StoreOpenError unless ``url`` parses as a PostgreSQL URL (before any connection is tried)."""
+    try:
+        port = urlsplit(url).port  # ValueError for a port that is not a number from 0 to 65535
+        psycopg.conninfo.conninfo_to_dict(url)
+        problem = None if port is None or port > 0 else "port 0"
+    except (ValueError, psycopg.ProgrammingError) as err:
+        problem = " ".join(str(err).split())
+    if problem:
+        raise StoreOpenError(f"{safe_url(url)!r} is not a valid PostgreSQL URL ({problem}); write it as "
+                             f"postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE")
+
+
 def connect(url: str, timeout: float = 10.0):
     """A psycopg connection (autocommit: transactions are explicit) or a named MemeditError."""
     _need_psycopg()
+    check_url(url)
     try:
         return psycopg.connect(url, autocommit=True, connect_timeout=max(1, int(timeout)), prepare_threshold=None)
-    except psycopg.ProgrammingError as err:
-        raise StoreOpenError(f"{safe_url(url)!r} is not a valid PostgreSQL URL ({err}); write it as "
-                             f"postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE") from None
     except psycopg.OperationalError as err:
         reason = " ".join(str(err).split())
         raise StoreUnreachable(f"cannot connect to the PostgreSQL database {safe_url(url)!r} ({reason}); check that the "
