@@ -3,10 +3,11 @@
 It follows the event log as ``NamespaceIndex`` does (the same replay keeps the set of
 active row ids, so ``sync`` costs one query when nothing changed), but holds no vectors
 and writes no file: the search is one SQL query over the ``embeddings`` table, joined to
-the namespace's active edits. Below ``hnsw_threshold`` active edits it is exact (a
-sequential scan of the namespace); above, it walks the HNSW index (inner product on
-normalised vectors, ``hnsw.ef_search`` 128) and falls back to the exact query whenever
-the walk, filtered by namespace and status, returns fewer than ``k`` hits.
+the namespace's active edits. Below ``hnsw_threshold`` active edits it is exact (every
+active edit of the namespace scored); from there on it walks the HNSW index (inner
+product on normalised vectors, made when a namespace first gets that big;
+``hnsw.ef_search`` candidates) and falls back to the exact query whenever the walk,
+filtered by namespace and status, returns fewer than ``k`` hits.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .index import HNSW_THRESHOLD, NamespaceIndex, VectorSource
+from .pgstore import EF_SEARCH
 
 FROM = ("FROM embeddings e JOIN edits d ON d.rid = e.edit_rid "
         "WHERE d.namespace = ? AND d.status = 'active' AND e.model = ? AND vector_dims(e.vector) = {dim}")
@@ -27,12 +29,16 @@ class PgIndex(NamespaceIndex):
 
     def __init__(self, store: Any, namespace: str, embedder: str, dim: int, vectors: VectorSource,
                  folder: Path | None = None, hnsw_threshold: int = HNSW_THRESHOLD) -> None:
-        store.ensure_hnsw(dim)
+        self._hnsw_ready = False  # the HNSW index is made when a namespace first reaches hnsw_threshold
         self._embed_missing(store, namespace, embedder, vectors)
         super().__init__(store, namespace, embedder, dim, vectors, None, hnsw_threshold)
         distance = f"e.vector::vector({int(dim)}) <#> ?::vector({int(dim)})"
         where = FROM.format(dim=int(dim))
-        self._hnsw_sql = f"SELECT e.edit_rid, -({distance}) {where} ORDER BY {distance} LIMIT ?"
+        # The HNSW walk gives ef_search candidates of every namespace; the namespace's active ones are kept.
+        self._hnsw_sql = (f"SELECT c.edit_rid, -c.distance FROM (SELECT e.edit_rid, {distance} AS distance FROM embeddings e "
+                          f"WHERE e.model = ? AND vector_dims(e.vector) = {int(dim)} ORDER BY distance LIMIT {EF_SEARCH}) c "
+                          f"JOIN edits d ON d.rid = c.edit_rid WHERE d.namespace = ? AND d.status = 'active' "
+                          f"ORDER BY c.distance LIMIT ?")
         # MATERIALIZED keeps the planner off the HNSW index: every active edit is scored.
         self._exact_sql = (f"WITH scored AS MATERIALIZED (SELECT e.edit_rid, {distance} AS distance {where}) "
                            f"SELECT edit_rid, -distance FROM scored ORDER BY distance LIMIT ?")
@@ -75,7 +81,12 @@ class PgIndex(NamespaceIndex):
         vector = Vector(np.asarray(query, dtype=np.float32).reshape(-1))
         hits: list = []
         if len(self.live) >= self.hnsw_threshold:
-            hits = self.store._all(self._hnsw_sql, (vector, self.namespace, self.embedder, vector, k))
+            if not self._hnsw_ready:
+                self.store.ensure_hnsw(self.dim)
+                self._hnsw_ready = True
+            with self.store.snapshot():
+                self.store._exec("SET LOCAL enable_seqscan = off")  # the walk, even where statistics lag behind
+                hits = self.store._all(self._hnsw_sql, (vector, self.embedder, self.namespace, k))
         if len(hits) < min(k, len(self.live)):
             hits = self.store._all(self._exact_sql, (vector, self.namespace, self.embedder, k))
         return [(int(rid), float(score)) for rid, score in hits]

@@ -33,6 +33,9 @@ except ImportError:  # pragma: no cover - the postgres extra is not installed
 
 WRITE_LOCK = 0x6D656D65  # "meme": every write transaction holds it
 SCHEMA_LOCK = 0x6D656D73  # "mems": creating or migrating the schema
+# pgvector's HNSW: m 16 and ef_construction 100 at build, ef_search 128 at query (bench/ingest.py).
+HNSW_M = 16
+HNSW_EF_CONSTRUCTION = 100
 EF_SEARCH = 128
 
 EDITS = """
@@ -181,8 +184,10 @@ class PgStore(Storage):
         name = f"embeddings_hnsw_{int(dim)}"
         if self._one("SELECT 1 FROM pg_indexes WHERE indexname = ?", (name,)) is None:
             with self.write():
+                self.conn.execute("SET LOCAL maintenance_work_mem = '1GB'")  # build the graph in memory
                 self.conn.execute(f"CREATE INDEX IF NOT EXISTS {name} ON embeddings USING hnsw "
-                                  f"((vector::vector({int(dim)})) vector_ip_ops) WHERE vector_dims(vector) = {int(dim)}")
+                                  f"((vector::vector({int(dim)})) vector_ip_ops) WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION}) "
+                                  f"WHERE vector_dims(vector) = {int(dim)}")
 
     def rids_without_vector(self, namespace: str, model: str) -> list[int]:
         """Active edits of the namespace that have no vector for this embedder."""
@@ -268,4 +273,4 @@ class PgStore(Storage):
         return Vector(vector)
 
     def _vector_out(self, value: Any) -> np.ndarray:
-        return np.asarray(value, dtype=np.float32)
+        return np.asarray(value.to_numpy() if hasattr(value, "to_numpy") else value, dtype=np.float32)
