@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from .errors import ArtifactsDirMissing, ExtensionMissing, SchemaTooNew, StoreOpenError, StoreUnreachable
-from .storage import Storage
+from .storage import Storage, schema
 
 try:
     import psycopg
@@ -38,54 +38,10 @@ HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 100
 EF_SEARCH = 128
 
-EDITS = """
-CREATE TABLE IF NOT EXISTS edits (
-    rid BIGSERIAL PRIMARY KEY,
-    namespace TEXT NOT NULL,
-    id TEXT NOT NULL,
-    kind TEXT NOT NULL CHECK (kind IN ('insert', 'modify', 'erase')),
-    subject TEXT, relation TEXT, target TEXT, old_target TEXT, prompt TEXT,
-    statement TEXT NOT NULL,
-    aliases TEXT NOT NULL DEFAULT '[]',
-    source TEXT, supersedes TEXT,
-    created_at TEXT NOT NULL,
-    key TEXT,
-    status TEXT NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'superseded', 'retracted', 'consolidated')),
-    superseded_by TEXT,
-    UNIQUE (namespace, id)
-);
-CREATE INDEX IF NOT EXISTS edits_by_key ON edits (namespace, key, status);
-CREATE INDEX IF NOT EXISTS edits_by_status ON edits (namespace, status);
-CREATE TABLE IF NOT EXISTS events (
-    seq BIGSERIAL PRIMARY KEY,
-    namespace TEXT NOT NULL,
-    edit_id TEXT,
-    edit_rid BIGINT,
-    action TEXT NOT NULL,
-    at TEXT NOT NULL,
-    detail TEXT NOT NULL DEFAULT '{}'
-);
-CREATE INDEX IF NOT EXISTS events_by_namespace ON events (namespace, seq);
-CREATE INDEX IF NOT EXISTS events_by_edit ON events (namespace, edit_id, seq);
-CREATE TABLE IF NOT EXISTS embeddings (
-    edit_rid BIGINT PRIMARY KEY REFERENCES edits (rid),
-    model TEXT NOT NULL,
-    vector vector NOT NULL
-);
-CREATE TABLE IF NOT EXISTS artifacts (
-    namespace TEXT NOT NULL,
-    name TEXT NOT NULL,
-    file TEXT NOT NULL,
-    sha256 TEXT NOT NULL,
-    bytes BIGINT NOT NULL,
-    meta TEXT NOT NULL DEFAULT '{}',
-    saved_at TEXT NOT NULL,
-    PRIMARY KEY (namespace, name)
-);
-"""
-
 # (version, SQL that brings the schema from the version before to it)
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, EDITS),)
+MIGRATIONS: tuple[tuple[int, str], ...] = (
+    (1, schema(rid="BIGSERIAL PRIMARY KEY", seq="BIGSERIAL PRIMARY KEY", integer="BIGINT", vector="vector")),
+)
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 

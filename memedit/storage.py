@@ -30,6 +30,71 @@ EDIT_COLUMNS = ("id", "namespace", "kind", "subject", "relation", "target", "old
                 "statement", "aliases", "source", "supersedes", "created_at")
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
+EDITS_TABLE = """
+CREATE TABLE IF NOT EXISTS {name} (
+    rid {rid},
+    namespace TEXT NOT NULL,
+    id TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('insert', 'modify', 'erase')),
+    subject TEXT, relation TEXT, target TEXT, old_target TEXT, prompt TEXT,
+    statement TEXT NOT NULL,
+    aliases TEXT NOT NULL DEFAULT '[]',
+    source TEXT, supersedes TEXT,
+    created_at TEXT NOT NULL,
+    key TEXT,
+    status TEXT NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'superseded', 'retracted', 'consolidated')),
+    superseded_by TEXT,
+    UNIQUE (namespace, id)
+);
+"""
+
+EDIT_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS edits_by_key ON edits (namespace, key, status);",
+    "CREATE INDEX IF NOT EXISTS edits_by_status ON edits (namespace, status);",
+)
+
+SCHEMA_TEMPLATE = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+{edits_table}{edit_indexes}CREATE TABLE IF NOT EXISTS events (
+    seq {seq},
+    namespace TEXT NOT NULL,
+    edit_id TEXT,
+    edit_rid {integer},
+    action TEXT NOT NULL,
+    at TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS events_by_namespace ON events (namespace, seq);
+CREATE INDEX IF NOT EXISTS events_by_edit ON events (namespace, edit_id, seq);
+CREATE TABLE IF NOT EXISTS embeddings (
+    edit_rid {integer} PRIMARY KEY REFERENCES edits (rid),
+    model TEXT NOT NULL,
+    vector {vector} NOT NULL
+);
+CREATE TABLE IF NOT EXISTS artifacts (
+    namespace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    file TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    bytes {integer} NOT NULL,
+    meta TEXT NOT NULL DEFAULT '{}',
+    saved_at TEXT NOT NULL,
+    PRIMARY KEY (namespace, name)
+);
+"""
+
+
+def edits_table(name: str, rid: str) -> str:
+    """The DDL of the edits table under ``name``, with the backend's row-id column type."""
+    return EDITS_TABLE.replace("{name}", name).replace("{rid}", rid)
+
+
+def schema(rid: str, seq: str, integer: str, vector: str) -> str:
+    """The whole schema (meta, edits, events, embeddings, artifacts) in a backend's column types."""
+    return (SCHEMA_TEMPLATE.replace("{edits_table}", edits_table("edits", rid))
+            .replace("{edit_indexes}", "\n".join(EDIT_INDEXES) + "\n")
+            .replace("{seq}", seq).replace("{integer}", integer).replace("{vector}", vector))
+
 
 class Action(str, Enum):
     """What an event of the log records (stored as the value). ``add``, ``restore`` and

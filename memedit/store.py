@@ -19,63 +19,14 @@ from sqlite_utils import Database
 
 from .checks import unicode_problem
 from .errors import ArgumentError, MemeditError, SchemaTooNew, StoreDamaged, StoreOpenError, StoreReadOnly
-from .storage import STATUSES, Action, Event, Storage, StoredEdit, row_to_edit  # noqa: F401 (re-exported)
+from .storage import EDIT_INDEXES, STATUSES, Action, Event, Storage, StoredEdit, edits_table, row_to_edit, schema  # noqa: F401
 
 SCHEMA_VERSION = 2  # 2: edits may be "consolidated" (written into a model's weights)
 
 
-EDITS_TABLE = """
-CREATE TABLE IF NOT EXISTS {name} (
-    rid INTEGER PRIMARY KEY,
-    namespace TEXT NOT NULL,
-    id TEXT NOT NULL,
-    kind TEXT NOT NULL CHECK (kind IN ('insert', 'modify', 'erase')),
-    subject TEXT, relation TEXT, target TEXT, old_target TEXT, prompt TEXT,
-    statement TEXT NOT NULL,
-    aliases TEXT NOT NULL DEFAULT '[]',
-    source TEXT, supersedes TEXT,
-    created_at TEXT NOT NULL,
-    key TEXT,
-    status TEXT NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'superseded', 'retracted', 'consolidated')),
-    superseded_by TEXT,
-    UNIQUE (namespace, id)
-);
-"""
-
-EDIT_INDEXES = (
-    "CREATE INDEX IF NOT EXISTS edits_by_key ON edits (namespace, key, status);",
-    "CREATE INDEX IF NOT EXISTS edits_by_status ON edits (namespace, status);",
-)
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-{edits_table}{edit_indexes}CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    namespace TEXT NOT NULL,
-    edit_id TEXT,
-    edit_rid INTEGER,
-    action TEXT NOT NULL,
-    at TEXT NOT NULL,
-    detail TEXT NOT NULL DEFAULT '{}'
-);
-CREATE INDEX IF NOT EXISTS events_by_namespace ON events (namespace, seq);
-CREATE INDEX IF NOT EXISTS events_by_edit ON events (namespace, edit_id, seq);
-CREATE TABLE IF NOT EXISTS embeddings (
-    edit_rid INTEGER PRIMARY KEY REFERENCES edits (rid),
-    model TEXT NOT NULL,
-    vector BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS artifacts (
-    namespace TEXT NOT NULL,
-    name TEXT NOT NULL,
-    file TEXT NOT NULL,
-    sha256 TEXT NOT NULL,
-    bytes INTEGER NOT NULL,
-    meta TEXT NOT NULL DEFAULT '{}',
-    saved_at TEXT NOT NULL,
-    PRIMARY KEY (namespace, name)
-);
-""".replace("{edits_table}", EDITS_TABLE.format(name="edits")).replace("{edit_indexes}", "\n".join(EDIT_INDEXES) + "\n")
+# SQLite's column types for the shared schema of memedit.storage.
+RID = "INTEGER PRIMARY KEY"
+SCHEMA = schema(rid=RID, seq="INTEGER PRIMARY KEY AUTOINCREMENT", integer="INTEGER", vector="BLOB")
 
 
 def db_path(path: Any) -> str:
@@ -247,7 +198,7 @@ class Store(Storage):
         self.conn.execute("PRAGMA foreign_keys = OFF")
         try:
             with self.write():
-                self.conn.execute(EDITS_TABLE.format(name="edits_v2"))
+                self.conn.execute(edits_table("edits_v2", RID))
                 self.conn.execute("INSERT INTO edits_v2 SELECT * FROM edits")
                 self.conn.execute("DROP TABLE edits")
                 self.conn.execute("ALTER TABLE edits_v2 RENAME TO edits")
