@@ -17,7 +17,7 @@ from .edit import KINDS, Edit, _check_text, new_edit_id, utc_now
 from .embeddings import DEFAULT_EMBEDDER, Embedder, get_embedder
 from .errors import ArgumentError, ConflictError, EditError, ImportFailed
 from .index import HNSW_THRESHOLD, NamespaceIndex, index_folder
-from .storage import STATUSES, Action, Event, Storage, StoredEdit, open_store, row_to_edit
+from .storage import STATUSES, Action, Event, Storage, StoredEdit, open_store, row_to_edit, safe_url
 from .store import db_path
 
 DEFAULT_DB = "memedit.db"
@@ -335,7 +335,7 @@ class Memory:
     @_locked
     def stats(self) -> dict[str, Any]:
         """Counts of this namespace's edits by status and kind, events, and where things are stored."""
-        out = {"namespace": self.namespace, "db": self.path, **self._store.counts(self.namespace)}
+        out = {"namespace": self.namespace, "db": safe_url(self.path), **self._store.counts(self.namespace)}
         loaded = self._shared.indexes.get(self.namespace)
         out["index"] = {"kind": loaded.kind, "size": len(loaded.live)} if loaded else None
         out["embedder"] = self._shared.embedder_name
@@ -519,7 +519,7 @@ class Memory:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Memory({self.path!r}, namespace={self.namespace!r})"
+        return f"Memory({safe_url(self.path)!r}, namespace={self.namespace!r})"
 
 
 def check_namespace(namespace: Any) -> str:

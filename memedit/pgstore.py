@@ -12,7 +12,6 @@ another advisory lock, so that app servers starting together do it once.
 from __future__ import annotations
 
 import os
-import re
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -21,7 +20,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from .errors import ArtifactsDirMissing, ExtensionMissing, SchemaTooNew, StoreOpenError, StoreUnreachable
-from .storage import Storage, schema
+from .storage import Storage, safe_url, schema
 
 try:
     import psycopg
@@ -43,11 +42,6 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
     (1, schema(rid="BIGSERIAL PRIMARY KEY", seq="BIGSERIAL PRIMARY KEY", integer="BIGINT", vector="vector")),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
-
-
-def safe_url(url: str) -> str:
-    """The URL with its password (if any) replaced by ***, for messages."""
-    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
 
 
 def _need_psycopg() -> None:

@@ -13,6 +13,7 @@ Every query takes the namespace; nothing reads across namespaces except ``namesp
 from __future__ import annotations
 
 import json
+import re
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import Enum
@@ -146,6 +147,11 @@ def row_to_edit(row: dict[str, Any]) -> StoredEdit:
 def is_postgres(location: Any) -> bool:
     """Whether a database location is a PostgreSQL URL (``postgresql://...``)."""
     return isinstance(location, str) and location.lower().startswith(POSTGRES_SCHEMES)
+
+
+def safe_url(location: str) -> str:
+    """A database location fit to show: a URL's password (if any) replaced by ***."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", location)
 
 
 def open_store(location: str, artifacts_dir: str | Path | None = None) -> "Storage":

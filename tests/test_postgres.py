@@ -129,3 +129,28 @@ def test_api_keys_on_both_backends(storage):
         assert again.namespace_for(other) == "bob"
     finally:
         again.close()
+
+
+def test_a_connection_lost_mid_write_is_named_and_writes_nothing(fresh_postgres):
+    url = fresh_postgres()
+    memory = Memory(url, embedder=HashEmbedder())
+    kept = memory.add(statement="Before the server went away.")
+    pid = memory._store.conn.info.backend_pid
+    with pytest.raises(StoreUnreachable, match="nothing of it was written"):
+        with memory._store.write():
+            memory.add_many([{"statement": f"half {i}"} for i in range(5)])
+            with psycopg.connect(url, autocommit=True) as admin:  # the server ends this session mid-transaction
+                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            memory.add_many([{"statement": f"half {i}"} for i in range(5, 10)])
+    memory._store.close()
+    with Memory(url, embedder=HashEmbedder()) as again:
+        assert [e.id for e in again.list(status=None)] == [kept.id] and again.stats()["events"] == 1
+
+
+def test_a_password_never_shows_in_messages_or_stats(fresh_postgres):
+    url = fresh_postgres().replace("memedit@", "memedit:hunter2@")  # trust auth: any password is accepted
+    with Memory(url, embedder=HashEmbedder()) as memory:
+        assert "hunter2" not in repr(memory) and "hunter2" not in str(memory.stats())
+    with pytest.raises(StoreUnreachable) as caught:
+        Memory(f"postgresql://memedit:hunter2@127.0.0.1:{free_port()}/x", embedder=HashEmbedder())  # nothing there
+    assert "hunter2" not in str(caught.value) and "***" in str(caught.value)
