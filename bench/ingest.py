@@ -31,6 +31,13 @@ embedder's name, so they go through the real store and index path without the co
 the model; the mode used is printed. Recall measured over synthetic vectors is
 optimistic (noisy copies of the real vectors cluster tightly): quote it from a real run. Peak RSS and the database size on disk are printed
 too, and all figures are written as JSON to ``--out``.
+
+With ``--db postgresql://...`` (a server; the bench makes fresh databases on it and drops
+them after) steps 2 and 3 run on PostgreSQL too and are printed side by side with
+SQLite, and two more run on both: [4] ``--writers`` processes (default 4) each adding
+``--writer-edits`` edits (2,500) at once into one namespace while a reader process
+watches (lost, duplicates, visibility lag), and [5] kill -9 of a writer at random
+moments (partial batches visible afterwards); see ``bench/writers.py``.
 """
 
 from __future__ import annotations

@@ -136,7 +136,8 @@ class PgStore(Storage):
             with self.write():
                 self.conn.execute("SET LOCAL maintenance_work_mem = '1GB'")  # build the graph in memory
                 self.conn.execute(f"CREATE INDEX IF NOT EXISTS {name} ON embeddings USING hnsw "
-                                  f"((vector::vector({int(dim)})) vector_ip_ops) WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION}) "
+                                  f"((vector::vector({int(dim)})) vector_ip_ops) "
+                                  f"WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION}) "
                                   f"WHERE vector_dims(vector) = {int(dim)}")
 
     def rids_without_vector(self, namespace: str, model: str) -> list[int]:
