@@ -15,6 +15,11 @@ RUN=()
 if [ "$(id -u)" = 0 ]; then
     id memedit-pg >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin memedit-pg
     RUN=(runuser -u memedit-pg --)
+    if ! runuser -u memedit-pg -- test -x "$PGBIN/postgres"; then
+        echo "$0: the user memedit-pg cannot reach $PGBIN (a folder above it is private); put the checkout" \
+             "where other users may read it, or run this as an ordinary user" >&2
+        exit 1
+    fi
 fi
 
 start() {
