@@ -79,7 +79,7 @@ def postgres_server() -> tuple[str | None, str]:
     scripts/postgres.sh and exports its URL as $MEMEDIT_TEST_POSTGRES."""
     url = os.environ.get(POSTGRES_ENV)
     if not url:
-        return None, f"no PostgreSQL test server: ${POSTGRES_ENV} is unset (export $(scripts/postgres.sh start) as it)"
+        return None, f"no PostgreSQL test server: ${POSTGRES_ENV} is unset; start one with: export {POSTGRES_ENV}=$(bash scripts/postgres.sh start)"
     try:
         import psycopg
 
