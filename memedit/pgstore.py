@@ -11,6 +11,7 @@ another advisory lock, so that app servers starting together do it once.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -45,7 +46,7 @@ SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
 def _need_psycopg() -> None:
-    if psycopg is None:
+    if psycopg is None or importlib.util.find_spec("pgvector") is None:
         raise StoreOpenError("a postgresql:// database needs the postgres extra: pip install 'memedit[postgres]' "
                              "(psycopg and pgvector)")
 
