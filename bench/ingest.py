@@ -31,11 +31,19 @@ embedder's name, so they go through the real store and index path without the co
 the model; the mode used is printed. Recall measured over synthetic vectors is
 optimistic (noisy copies of the real vectors cluster tightly): quote it from a real run. Peak RSS and the database size on disk are printed
 too, and all figures are written as JSON to ``--out``.
+
+With ``--db postgresql://...`` (a server; the bench makes fresh databases on it and drops
+them after) steps 2 and 3 run on PostgreSQL too and are printed side by side with
+SQLite, and two more run on both: [4] ``--writers`` processes (default 4) each adding
+``--writer-edits`` edits (2,500) at once into one namespace while a reader process
+watches (lost, duplicates, visibility lag), and [5] kill -9 of a writer at random
+moments (partial batches visible afterwards); see ``bench/writers.py``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -45,6 +53,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
@@ -52,6 +61,9 @@ import memedit.index
 from memedit import Edit, Memory
 from memedit.embeddings import DEFAULT_BATCH_SIZE, get_embedder
 from memedit.index import HNSW_THRESHOLD
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import writers  # noqa: E402 (bench/writers.py: the writer processes and the kill -9 test)
 
 K = 5
 NAMESPACE = "bench"
@@ -250,12 +262,18 @@ def measure_search(memory: Memory, questions: list[str], qvecs: np.ndarray) -> d
     rows = timed(lambda h: index.store.rows_by_rid(memory.namespace, [rid for rid, _ in h]), hits)
     return {
         "index_kind": index.kind, "active": len(index.live), "dead_in_index": len(index.dead),
-        "ef_search": memedit.index.HNSW_EF_SEARCH if index.kind == "hnsw" else None,
+        "ef_search": (memedit.index.HNSW_EF_SEARCH if index.store.kind == "sqlite" else pg_ef_search()) if index.kind == "hnsw" else None,
         "recall_at_5": exact_recall(memory, qvecs),
         "search_vector": percentiles(vector), "search_text": percentiles(text),
         "breakdown_p50_ms": {"sync": percentiles(sync)["p50_ms"], "faiss": percentiles(faiss_only)["p50_ms"],
                              "rows_by_rid": percentiles(rows)["p50_ms"]},
     }
+
+
+def pg_ef_search() -> int:
+    from memedit.pgstore import EF_SEARCH
+
+    return EF_SEARCH
 
 
 def disk_bytes(db: Path) -> int:
@@ -268,6 +286,126 @@ def disk_bytes(db: Path) -> int:
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def postgres_bytes(url: str) -> int:
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        return conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+
+
+def fresh_url(url: str, tag: str) -> str:
+    """A new, empty database on the same PostgreSQL server (dropped by ``fresh_database``)."""
+    import psycopg
+
+    name = f"memedit_bench_{tag}_{os.getpid()}"
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{name}"')
+    _made.append(name)
+    return with_database(url, name)
+
+
+_made: list[str] = []
+
+
+def with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
+
+
+@contextlib.contextmanager
+def fresh_database(server: str | None):
+    """The URL of a new database on ``server`` (None without one); every bench database is dropped after."""
+    if server is None:
+        yield None
+        return
+    import psycopg
+
+    try:
+        yield fresh_url(server, "search")
+    finally:
+        with psycopg.connect(server, autocommit=True) as admin:
+            for name in _made:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def side_by_side(backends: dict) -> None:
+    """One line per size: each backend's search figures next to the other's."""
+    if len(backends) < 2:
+        return
+    print("\n[3] side by side: embedding excluded p50 / p99 ms, recall@5, index kind")
+    labels = list(backends)
+    print(f"  {'edits':>8}  " + "  ".join(f"{label:<36}" for label in labels))
+    for i, stage in enumerate(backends[labels[0]]["stages"]):
+        cells = []
+        for label in labels:
+            st = backends[label]["stages"][i]
+            v = st["search_vector"]
+            cells.append(f"{v['p50_ms']:6.2f} / {v['p99_ms']:6.2f}  r@5 {st['recall_at_5']:.3f}  {st['index_kind']:<4}")
+        print(f"  {stage['size']:>8,}  " + "  ".join(f"{c:<36}" for c in cells))
+    print("  ingest edits/s: " + ", ".join(f"{label} {backends[label]['ingest']['edits_per_s']:,.0f}" for label in labels))
+
+
+def bench_store(label: str, db, edits: list[Edit], sizes: list[int], args, embedder, raw_vectors: np.ndarray,
+                raw_rate: float, queries: list[str], qvecs: np.ndarray) -> dict:
+    """Steps 2 and 3 on one database (an SQLite file or a PostgreSQL URL): the figures."""
+    first = sizes[0]
+
+    # 2. ingest throughput
+    memory = Memory(db, namespace=NAMESPACE, hnsw_threshold=args.hnsw_threshold)
+    start = time.perf_counter()
+    memory.add_many(edits[:first])
+    ingest_s = time.perf_counter() - start
+    memory.close()
+    ingest_rate = first / ingest_s
+    print(f"[2] {label}: Memory.add_many: {first:,} edits in {ingest_s:.1f} s = {ingest_rate:,.0f} edits/s; "
+          f"ratio ingest/raw = {ingest_rate / raw_rate:.2f} (target >= 0.80)")
+    results = {"backend": label, "stages": []}
+    results["ingest"] = {"n": first, "seconds": ingest_s, "edits_per_s": ingest_rate,
+                         "ratio_to_raw": ingest_rate / raw_rate}
+
+    # 3. search at each size
+    have = first
+    print(f"\n[3] {label}: search, k=5 (latencies in ms)")
+    for size in sizes:
+        stage: dict = {"size": size}
+        if size > have:
+            batch = edits[have:size]
+            if args.synthetic_fill:
+                vectors = noisy_vectors(raw_vectors, len(batch), seed=args.seed + size)
+                fill_embedder = CachedEmbedder(embedder.name, embedder.dim,
+                                               dict(zip((e.statement for e in batch), vectors)))
+            else:
+                fill_embedder = embedder
+            memory = Memory(db, namespace=NAMESPACE, embedder=fill_embedder, hnsw_threshold=args.hnsw_threshold)
+            start = time.perf_counter()
+            memory.add_many(batch)
+            fill_s = time.perf_counter() - start
+            memory.close()
+            stage["fill"] = {"n": len(batch), "seconds": fill_s, "edits_per_s": len(batch) / fill_s,
+                             "embedder": "cached (synthetic)" if args.synthetic_fill else "real"}
+            print(f"  filled {have:,} -> {size:,}: {len(batch):,} edits in {fill_s:.1f} s "
+                  f"({len(batch) / fill_s:,.0f} edits/s, {stage['fill']['embedder']} vectors)")
+            have = size
+        stage["disk_mb"] = disk_bytes(db) / 2**20 if label == "sqlite" else postgres_bytes(db) / 2**20
+        start = time.perf_counter()
+        memory = Memory(db, namespace=NAMESPACE, hnsw_threshold=args.hnsw_threshold)
+        memory.index  # open, check and load the saved index
+        stage["open_s"] = time.perf_counter() - start
+        stage.update(measure_search(memory, queries, qvecs))
+        memory.close()
+        stage["peak_rss_mb"] = peak_rss_mb()
+        results["stages"].append(stage)
+        v, t, b = stage["search_vector"], stage["search_text"], stage["breakdown_p50_ms"]
+        print(f"  {size:>7,} edits  index {stage['index_kind']:<4}  recall@5 {stage['recall_at_5']:.3f}  "
+              f"embedding excluded p50 {v['p50_ms']:6.2f} p99 {v['p99_ms']:6.2f}  "
+              f"included p50 {t['p50_ms']:6.2f} p99 {t['p99_ms']:6.2f}")
+        print(f"  {'':>7}        breakdown p50: sync {b['sync']:.3f}, faiss {b['faiss']:.3f}, "
+              f"rows_by_rid {b['rows_by_rid']:.3f}; open {stage['open_s']:.2f} s; "
+              f"disk {stage['disk_mb']:.1f} MB; peak RSS {stage['peak_rss_mb']:.0f} MB")
+    return results
 
 
 # -- the run --------------------------------------------------------------------------
@@ -283,6 +421,12 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"Memory's hnsw_threshold (default memedit.index.HNSW_THRESHOLD = {HNSW_THRESHOLD})")
     parser.add_argument("--ef-search", type=int, default=None,
                         help=f"override memedit.index.HNSW_EF_SEARCH (default {memedit.index.HNSW_EF_SEARCH})")
+    parser.add_argument("--db", default=None, metavar="postgresql://...",
+                        help="a PostgreSQL server: run everything on it too (in fresh databases, dropped after), "
+                             "side by side with SQLite, plus the writer-process and kill -9 tests")
+    parser.add_argument("--writers", type=int, default=4, help="writer processes for the concurrency test (default 4; 0: skip)")
+    parser.add_argument("--writer-edits", type=int, default=2_500, help="edits each writer process adds (default 2,500)")
+    parser.add_argument("--writer-batch", type=int, default=10, help="edits per transaction of a writer (default 10)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="bench/results/ingest.json", help="where to write the figures as JSON")
     args = parser.parse_args(argv)
@@ -296,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
           f"load average {os.getloadavg()[0]:.2f} at start")
     results: dict = {"mode": mode, "sizes": sizes, "queries": args.queries, "k": K, "seed": args.seed,
                      "hnsw_threshold": args.hnsw_threshold, "cpu_count": os.cpu_count(),
-                     "load_avg_start": os.getloadavg()[0], "stages": []}
+                     "load_avg_start": os.getloadavg()[0], "backends": {}, "writers": {}, "kill9": {}}
 
     start = time.perf_counter()
     edits, questions = make_edits(sizes[-1], seed=args.seed)
@@ -320,67 +464,30 @@ def main(argv: list[str] | None = None) -> int:
     results["raw_encode"] = {"n": first, "seconds": raw_s, "sentences_per_s": raw_rate}
 
     with tempfile.TemporaryDirectory(prefix="memedit-bench-") as tmp:
-        db = Path(tmp) / "bench.db"
-
-        # 2. ingest throughput
-        memory = Memory(db, namespace=NAMESPACE, hnsw_threshold=args.hnsw_threshold)
-        start = time.perf_counter()
-        memory.add_many(edits[:first])
-        ingest_s = time.perf_counter() - start
-        memory.close()
-        ingest_rate = first / ingest_s
-        print(f"[2] Memory.add_many: {first:,} edits in {ingest_s:.1f} s = {ingest_rate:,.0f} edits/s; "
-              f"ratio ingest/raw = {ingest_rate / raw_rate:.2f} (target >= 0.80)")
-        results["ingest"] = {"n": first, "seconds": ingest_s, "edits_per_s": ingest_rate,
-                             "ratio_to_raw": ingest_rate / raw_rate}
-
-        # 3. search at each size
-        have = first
-        print("\n[3] search, k=5 (latencies in ms)")
-        for size in sizes:
-            stage: dict = {"size": size}
-            if size > have:
-                batch = edits[have:size]
-                if args.synthetic_fill:
-                    vectors = noisy_vectors(raw_vectors, len(batch), seed=args.seed + size)
-                    fill_embedder = CachedEmbedder(embedder.name, embedder.dim,
-                                                   dict(zip((e.statement for e in batch), vectors)))
-                else:
-                    fill_embedder = embedder
-                memory = Memory(db, namespace=NAMESPACE, embedder=fill_embedder, hnsw_threshold=args.hnsw_threshold)
-                start = time.perf_counter()
-                memory.add_many(batch)
-                fill_s = time.perf_counter() - start
-                memory.close()
-                stage["fill"] = {"n": len(batch), "seconds": fill_s, "edits_per_s": len(batch) / fill_s,
-                                 "embedder": "cached (synthetic)" if args.synthetic_fill else "real"}
-                print(f"  filled {have:,} -> {size:,}: {len(batch):,} edits in {fill_s:.1f} s "
-                      f"({len(batch) / fill_s:,.0f} edits/s, {stage['fill']['embedder']} vectors)")
-                have = size
-            stage["disk_mb"] = disk_bytes(db) / 2**20
-            start = time.perf_counter()
-            memory = Memory(db, namespace=NAMESPACE, hnsw_threshold=args.hnsw_threshold)
-            memory.index  # open, check and load the saved index
-            stage["open_s"] = time.perf_counter() - start
-            stage.update(measure_search(memory, queries, qvecs))
-            memory.close()
-            stage["peak_rss_mb"] = peak_rss_mb()
-            results["stages"].append(stage)
-            v, t, b = stage["search_vector"], stage["search_text"], stage["breakdown_p50_ms"]
-            print(f"  {size:>7,} edits  index {stage['index_kind']:<4}  recall@5 {stage['recall_at_5']:.3f}  "
-                  f"embedding excluded p50 {v['p50_ms']:6.2f} p99 {v['p99_ms']:6.2f}  "
-                  f"included p50 {t['p50_ms']:6.2f} p99 {t['p99_ms']:6.2f}")
-            print(f"  {'':>7}        breakdown p50: sync {b['sync']:.3f}, faiss {b['faiss']:.3f}, "
-                  f"rows_by_rid {b['rows_by_rid']:.3f}; open {stage['open_s']:.2f} s; "
-                  f"disk {stage['disk_mb']:.1f} MB; peak RSS {stage['peak_rss_mb']:.0f} MB")
+        backends = [("sqlite", Path(tmp) / "bench.db")]
+        with fresh_database(args.db) as url:
+            if url:
+                backends.append(("postgres", url))
+            for label, db in backends:
+                results["backends"][label] = bench_store(label, db, edits, sizes, args, embedder, raw_vectors,
+                                                         raw_rate, queries, qvecs)
+            side_by_side(results["backends"])
+            if args.writers:
+                print(f"\n[4] {args.writers} writer processes x {args.writer_edits:,} edits ({args.writer_batch} a transaction, "
+                      f"{writers.EMBEDDER_NOTE}) and a reader process; [5] kill -9 of a writer mid-batch")
+                for label, _ in backends:
+                    where = (lambda tag: str(Path(tmp) / f"{tag}.db")) if label == "sqlite" else (lambda tag: fresh_url(url, tag))
+                    results["writers"][label] = writers.run(where("writers"), args.writers, args.writer_edits,
+                                                            args.writer_batch, label)
+                    results["kill9"][label] = writers.kill_test(where("kill"), label)
 
     results["load_avg_end"] = os.getloadavg()[0]
     results["peak_rss_mb"] = peak_rss_mb()
-    target = next((s for s in results["stages"] if s["size"] == 100_000), None)
+    target = next((s for s in results["backends"]["sqlite"]["stages"] if s["size"] == 100_000), None)
     if args.synthetic_fill and len(sizes) > 1:
         print("\nnote: sizes after the first hold synthetic vectors; their recall is optimistic")
     print(f"\nfill mode: {mode}; peak RSS {results['peak_rss_mb']:.0f} MB; load average {results['load_avg_end']:.2f} at end")
-    print(f"targets: ingest/raw {results['ingest']['ratio_to_raw']:.2f} (>= 0.80)"
+    print(f"targets: ingest/raw {results['backends']['sqlite']['ingest']['ratio_to_raw']:.2f} (>= 0.80)"
           + (f"; p50 at 100,000 with embedding excluded {target['search_vector']['p50_ms']:.2f} ms (<= 5 ms)" if target else ""))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

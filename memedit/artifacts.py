@@ -1,7 +1,8 @@
-"""Named tensor files kept next to the database, referenced from the store with their SHA-256.
+"""Named tensor files kept in a folder, referenced from the store with their SHA-256.
 
-An artifact is a dict of tensors saved as one safetensors file in ``<db>-artifacts/``
-plus a row in the store's ``artifacts`` table (namespace, name, file, SHA-256, size, JSON
+An artifact is a dict of tensors saved as one safetensors file in the store's artifacts
+folder (for SQLite ``<db>-artifacts/`` by default; for PostgreSQL ``artifacts_dir=`` or
+``$MEMEDIT_ARTIFACTS``, a folder every app server shares) plus a row in the store's ``artifacts`` table (namespace, name, file, SHA-256, size, JSON
 metadata). Saving writes the file first (atomically, under a name that contains its
 checksum), then commits the row in one transaction, then deletes the file it replaced:
 a crash leaves the old artifact or the new one, never half of one. Loading checks the
@@ -24,7 +25,7 @@ from typing import Any
 from .edit import utc_now
 from .errors import MemeditError
 from .files import check_sha256, write_atomic
-from .store import Store
+from .storage import Storage
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9._/-]{1,200}$")
 
@@ -46,25 +47,20 @@ class ArtifactRef:
     saved_at: str
 
 
-def artifact_folder(db_path: str) -> Path | None:
-    """Where a database's artifact files live (None for an in-memory database)."""
-    return None if db_path == ":memory:" else Path(f"{db_path}-artifacts")
-
-
 class Artifacts:
     """Save and load named tensor dicts of one namespace (see the module docstring).
 
-    ``folder`` defaults to ``<db>-artifacts``; for an in-memory database a temporary
-    folder is used, which lives as long as this object.
+    ``folder`` defaults to the store's (``Storage.artifacts_folder``); for an in-memory
+    database a temporary folder is used, which lives as long as this object.
     """
 
-    def __init__(self, store: Store, namespace: str, folder: str | Path | None = None, lock: Any = None) -> None:
+    def __init__(self, store: Storage, namespace: str, folder: str | Path | None = None, lock: Any = None) -> None:
         self.store = store
         self.namespace = namespace
         self._lock = lock if lock is not None else threading.RLock()
         self._tmp = None
         if folder is None:
-            folder = artifact_folder(store.path)
+            folder = store.artifacts_folder()
         if folder is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="memedit-artifacts-")
             folder = self._tmp.name
@@ -89,9 +85,7 @@ class Artifacts:
         with self._lock:
             old = self.ref(name)
             with self.store.write():
-                self.store.conn.execute(
-                    "INSERT OR REPLACE INTO artifacts (namespace, name, file, sha256, bytes, meta, saved_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (self.namespace, name, file, digest, len(data), meta_text, utc_now()))
+                self.store.put_artifact(self.namespace, name, file, digest, len(data), meta_text)
         if old is not None and old.file != file:
             (self.folder / old.file).unlink(missing_ok=True)
         return ArtifactRef(self.namespace, name, file, digest, len(data), meta, utc_now())
@@ -99,9 +93,7 @@ class Artifacts:
     def ref(self, name: str) -> ArtifactRef | None:
         """The store's row for artifact ``name`` of this namespace, or None."""
         with self._lock:
-            row = self.store.conn.execute(
-                "SELECT file, sha256, bytes, meta, saved_at FROM artifacts WHERE namespace = ? AND name = ?",
-                (self.namespace, name)).fetchone()
+            row = self.store.artifact_row(self.namespace, name)
         if row is None:
             return None
         return ArtifactRef(self.namespace, name, row[0], row[1], row[2], json.loads(row[3]), row[4])
@@ -134,15 +126,14 @@ class Artifacts:
             if old is None:
                 return False
             with self.store.write():
-                self.store.conn.execute("DELETE FROM artifacts WHERE namespace = ? AND name = ?", (self.namespace, name))
+                self.store.delete_artifact(self.namespace, name)
         (self.folder / old.file).unlink(missing_ok=True)
         return True
 
     def names(self) -> list[str]:
         """Names of this namespace's artifacts, sorted."""
         with self._lock:
-            rows = self.store.conn.execute("SELECT name FROM artifacts WHERE namespace = ? ORDER BY name", (self.namespace,))
-            return [r[0] for r in rows]
+            return self.store.artifact_names(self.namespace)
 
 
 def _check_name(name: Any) -> None:

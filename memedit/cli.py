@@ -23,7 +23,7 @@ def _global_options(defaults: bool) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(add_help=False)
     keep = (lambda value: value) if defaults else (lambda value: argparse.SUPPRESS)
     parser.add_argument("--db", default=keep(os.environ.get("MEMEDIT_DB", DEFAULT_DB)),
-                        help="database file (default: $MEMEDIT_DB or ./memedit.db)")
+                        help="database: an SQLite file or a postgresql:// URL (default: $MEMEDIT_DB or ./memedit.db)")
     parser.add_argument("--namespace", "-n", default=keep(os.environ.get("MEMEDIT_NAMESPACE", DEFAULT_NAMESPACE)),
                         help="namespace to read and write (default: $MEMEDIT_NAMESPACE or 'default')")
     parser.add_argument("--json", action="store_true", default=keep(False), help="print JSON instead of text")

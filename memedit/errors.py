@@ -56,6 +56,22 @@ class StoreDamaged(StoreOpenError):
     """SQLite reports the database file damaged (malformed pages, not a database, an I/O error)."""
 
 
+class StoreUnreachable(StoreOpenError):
+    """The database server cannot be reached (wrong host or port, server down, login refused)."""
+
+
+class ExtensionMissing(StoreOpenError):
+    """The PostgreSQL database lacks the pgvector extension and this user may not create it."""
+
+
+class ArtifactsDirMissing(MemeditError, ValueError):
+    """A PostgreSQL memory needs a folder for its artifact files and none was given."""
+
+
+class SchemaTooNew(ConflictError):
+    """The database was written by a newer memedit (a higher schema version)."""
+
+
 class ImportFailed(MemeditError, ValueError):
     """A JSONL import had bad lines; nothing was imported.
 

@@ -21,7 +21,7 @@ import faiss
 import numpy as np
 
 from .files import check_sha256, write_atomic
-from .store import Action, Store
+from .storage import Action, Storage
 
 log = logging.getLogger("memedit")
 
@@ -56,7 +56,7 @@ def index_folder(db_path: str) -> Path | None:
 class NamespaceIndex:
     """Nearest-edit search over one namespace's active edits."""
 
-    def __init__(self, store: Store, namespace: str, embedder: str, dim: int,
+    def __init__(self, store: Storage, namespace: str, embedder: str, dim: int,
                  vectors: VectorSource, folder: Path | None, hnsw_threshold: int = HNSW_THRESHOLD) -> None:
         self.store, self.namespace, self.embedder, self.dim = store, namespace, embedder, dim
         self._vectors = vectors

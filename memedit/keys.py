@@ -1,6 +1,7 @@
 """Bearer keys for ``memedit serve``: each key is bound to one namespace.
 
-Keys live in an ``api_keys`` table of the memory's SQLite database. Only the SHA-256 of
+Keys live in an ``api_keys`` table of the memory's database (SQLite, or PostgreSQL for a
+``postgresql://`` URL). Only the SHA-256 of
 a key is stored (and its id, which is also the start of the key, for listing and
 revoking): the key itself is shown once, when it is made. A key looks like
 ``mk-<id>-<secret>``; the id is 8 hex digits, the secret 32 random bytes.
@@ -18,6 +19,7 @@ from typing import Any
 from .edit import utc_now
 from .errors import ConflictError, MemeditError
 from .memory import check_namespace
+from .storage import is_postgres
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
@@ -60,16 +62,34 @@ def key_hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
+class _PgConnection:
+    """A PostgreSQL connection that takes the ``?`` placeholders of the queries below."""
+
+    def __init__(self, url: str) -> None:
+        from .pgstore import connect
+
+        self.conn = connect(url)
+
+    def execute(self, sql: str, params: tuple = ()):
+        return self.conn.execute(sql.replace("?", "%s"), params or None)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
 class KeyRing:
     """The keys of one memedit database (its own connection; safe to share across threads)."""
 
     def __init__(self, path: str) -> None:
         self.path = str(path)
-        self._conn = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
         with self._lock:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.executescript(SCHEMA)
+            if is_postgres(self.path):
+                self._conn = _PgConnection(self.path)
+            else:
+                self._conn = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False, isolation_level=None)
+                self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute(SCHEMA)
 
     def create(self, namespace: str, name: str | None = None) -> tuple[str, ApiKey]:
         """A new key for ``namespace``: (the key, to show once; its listing entry)."""

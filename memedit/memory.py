@@ -17,7 +17,8 @@ from .edit import KINDS, Edit, _check_text, new_edit_id, utc_now
 from .embeddings import DEFAULT_EMBEDDER, Embedder, get_embedder
 from .errors import ArgumentError, ConflictError, EditError, ImportFailed
 from .index import HNSW_THRESHOLD, NamespaceIndex, index_folder
-from .store import STATUSES, Action, Event, Store, StoredEdit, db_path, row_to_edit
+from .storage import STATUSES, Action, Event, Storage, StoredEdit, open_store, row_to_edit, safe_url
+from .store import db_path
 
 DEFAULT_DB = "memedit.db"
 DEFAULT_NAMESPACE = "default"
@@ -35,9 +36,10 @@ class Hit:
 class _Shared:
     """What every namespace view of one database shares: the store, the embedder, the indexes."""
 
-    def __init__(self, path: str, embedder: Embedder | str, hnsw_threshold: int) -> None:
+    def __init__(self, path: str, embedder: Embedder | str, hnsw_threshold: int,
+                 artifacts_dir: str | Path | None = None) -> None:
         self.path = path
-        self.store = Store(path)
+        self.store = open_store(path, artifacts_dir)
         self._embedder = embedder
         self.hnsw_threshold = hnsw_threshold
         self.indexes: dict[str, NamespaceIndex] = {}
@@ -57,11 +59,14 @@ class _Shared:
 
     def index(self, namespace: str) -> NamespaceIndex:
         if namespace not in self.indexes:
-            embedder = self.embedder
-            self.indexes[namespace] = NamespaceIndex(
+            embedder, kind, folder = self.embedder, NamespaceIndex, index_folder(self.path)
+            if self.store.kind == "postgres":  # the search runs in SQL (pgvector), no index file
+                from .pgindex import PgIndex as kind
+                folder = None
+            self.indexes[namespace] = kind(
                 self.store, namespace, embedder.name, embedder.dim,
                 vectors=lambda rids: self.vectors(namespace, rids),
-                folder=index_folder(self.path), hnsw_threshold=self.hnsw_threshold)
+                folder=folder, hnsw_threshold=self.hnsw_threshold)
         return self.indexes[namespace]
 
     def artifacts_of(self, namespace: str) -> Artifacts:
@@ -101,7 +106,10 @@ class Memory:
     >>> memory.add(subject="France", prompt="The capital of {} is", target="Lyon", old_target="Paris")
     >>> memory.search("What is the capital of France?", k=3)
 
-    ``with_namespace(name)`` gives a view of another namespace over the same database.
+    ``path`` is an SQLite file or a ``postgresql://`` URL (the same API on both; for
+    PostgreSQL, artifacts such as GRACE codebooks go in ``artifacts_dir`` or
+    ``$MEMEDIT_ARTIFACTS``). ``with_namespace(name)`` gives a view of another namespace
+    over the same database.
     Call ``close()`` (or use ``with``) to save the search indexes; if a process ends
     without it, the next open catches the index up from the event log.
 
@@ -117,10 +125,10 @@ class Memory:
 
     def __init__(self, path: str | Path = DEFAULT_DB, namespace: str = DEFAULT_NAMESPACE,
                  embedder: Embedder | str = DEFAULT_EMBEDDER, hnsw_threshold: int = HNSW_THRESHOLD,
-                 _shared: _Shared | None = None) -> None:
+                 artifacts_dir: str | Path | None = None, _shared: _Shared | None = None) -> None:
         self.namespace = check_namespace(namespace)
-        self._shared = _shared or _Shared(db_path(path), embedder, hnsw_threshold)
-        self._store: Store = self._shared.store
+        self._shared = _shared or _Shared(db_path(path), embedder, hnsw_threshold, artifacts_dir)
+        self._store: Storage = self._shared.store
         self.path = self._shared.path
 
     def with_namespace(self, namespace: str) -> "Memory":
@@ -140,7 +148,7 @@ class Memory:
 
     @property
     def artifacts(self) -> Artifacts:
-        """This namespace's artifacts (named tensor files next to the database)."""
+        """This namespace's artifacts (named tensor files in the store's artifacts folder)."""
         return self._shared.artifacts_of(self.namespace)
 
     @property
@@ -335,7 +343,7 @@ class Memory:
     @_locked
     def stats(self) -> dict[str, Any]:
         """Counts of this namespace's edits by status and kind, events, and where things are stored."""
-        out = {"namespace": self.namespace, "db": self.path, **self._store.counts(self.namespace)}
+        out = {"namespace": self.namespace, "db": safe_url(self.path), **self._store.counts(self.namespace)}
         loaded = self._shared.indexes.get(self.namespace)
         out["index"] = {"kind": loaded.kind, "size": len(loaded.live)} if loaded else None
         out["embedder"] = self._shared.embedder_name
@@ -519,7 +527,7 @@ class Memory:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Memory({self.path!r}, namespace={self.namespace!r})"
+        return f"Memory({safe_url(self.path)!r}, namespace={self.namespace!r})"
 
 
 def check_namespace(namespace: Any) -> str:

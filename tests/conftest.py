@@ -4,7 +4,11 @@ cheap deterministic embedder for the subprocesses of the concurrency tests."""
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import uuid
+from functools import lru_cache
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import pytest
@@ -64,6 +68,66 @@ def embedder():
 @pytest.fixture
 def db_path(tmp_path):
     return str(tmp_path / "memory.db")
+
+
+POSTGRES_ENV = "MEMEDIT_TEST_POSTGRES"
+
+
+@lru_cache(maxsize=1)
+def postgres_server() -> tuple[str | None, str]:
+    """(the URL of the test PostgreSQL server, or None; why not). ``.ci/run`` starts one with
+    scripts/postgres.sh and exports its URL as $MEMEDIT_TEST_POSTGRES."""
+    url = os.environ.get(POSTGRES_ENV)
+    if not url:
+        return None, f"no PostgreSQL test server: ${POSTGRES_ENV} is unset; start one with: export {POSTGRES_ENV}=$(bash scripts/postgres.sh start)"
+    try:
+        import psycopg
+
+        psycopg.connect(url, connect_timeout=3).close()
+    except Exception as err:  # any failure to reach it: the postgres cases are skipped, saying why
+        return None, f"the PostgreSQL test server ${POSTGRES_ENV}={url} cannot be reached ({type(err).__name__}: {err})"
+    return url, ""
+
+
+def with_database(url: str, name: str) -> str:
+    """The same server URL naming another database."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
+
+
+@pytest.fixture
+def fresh_postgres(monkeypatch, tmp_path):
+    """Make new, empty PostgreSQL databases on the test server (dropped after the test):
+    ``fresh_postgres()`` gives the URL of one. Skips when no server is reachable.
+    Artifact files of these memories go under tmp_path ($MEMEDIT_ARTIFACTS)."""
+    import psycopg
+
+    url, reason = postgres_server()
+    if url is None:
+        pytest.skip(reason)
+    monkeypatch.setenv("MEMEDIT_ARTIFACTS", str(tmp_path / "artifacts"))
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"memedit_test_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(url, autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+        made.append(name)
+        return with_database(url, name)
+
+    yield make
+    with psycopg.connect(url, autocommit=True) as admin:
+        for name in made:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def storage(request, tmp_path):
+    """One fresh database on each backend: an SQLite file in tmp_path, or a new PostgreSQL
+    database on the test server (the postgres case is skipped, with the reason, without one)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "memory.db")
+    return request.getfixturevalue("fresh_postgres")()
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Several processes on one database: a reader only ever sees whole batches, its index
+"""Several processes on one database (SQLite and PostgreSQL alike): a reader only ever sees whole batches, its index
 catches up with what a writer adds after it opened, and concurrent writers queue.
 
 The subprocesses use the deterministic HashEmbedder of conftest (no model to load) under
@@ -133,8 +133,8 @@ def batch_of(tag, b):
     return [{"statement": f"{tag} batch{b} item{i} token{tag}x{b}x{i}", "source": f"{tag}-{b}"} for i in range(BATCH)]
 
 
-def test_a_reader_process_sees_only_whole_batches_and_catches_up(tmp_path):
-    db = str(tmp_path / "shared.db")
+def test_a_reader_process_sees_only_whole_batches_and_catches_up(tmp_path, storage):
+    db = storage
     writer = Memory(db, embedder=HashEmbedder())
     try:
         writer.add_many(batch_of("seed", 0))
@@ -155,8 +155,8 @@ def test_a_reader_process_sees_only_whole_batches_and_catches_up(tmp_path):
     assert all(n % BATCH == 0 for n in report["counts"])
 
 
-def test_two_writer_processes_queue_and_nothing_is_lost(tmp_path):
-    db = str(tmp_path / "shared.db")
+def test_two_writer_processes_queue_and_nothing_is_lost(tmp_path, storage):
+    db = storage
     Memory(db, embedder=HashEmbedder()).close()
     batches = 25
     other, ready, go = start(tmp_path, "writer", db, batches, "sub", "writer")
@@ -194,3 +194,45 @@ def test_two_writer_processes_queue_and_nothing_is_lost(tmp_path):
         assert fresh.search(some.statement, k=1)[0].edit.id == some.id
     finally:
         fresh.close()
+
+
+CRASH_SCRIPT = r'''
+import sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from conftest import HashEmbedder
+from memedit import Memory
+
+db, inside = sys.argv[2], Path(sys.argv[3])
+memory = Memory(db, embedder=HashEmbedder())
+for b in range(3):  # three whole batches, committed
+    memory.add_many([{"statement": f"committed batch{b} item{i}", "source": f"ok-{b}"} for i in range(10)])
+with memory._store.write():  # one transaction: half of a batch, then killed before the rest
+    memory.add_many([{"statement": f"doomed item{i}", "source": "doomed"} for i in range(10)])
+    inside.touch()
+    time.sleep(60)
+    memory.add_many([{"statement": f"doomed item{i}", "source": "doomed"} for i in range(10, 20)])
+'''
+
+
+def test_kill_9_of_a_writer_mid_batch_leaves_nothing_partial(tmp_path, storage):
+    script, inside = tmp_path / "crash.py", tmp_path / "inside"
+    script.write_text(CRASH_SCRIPT)
+    watcher = Memory(storage, embedder=HashEmbedder())  # another process's view (opened first: SQLite's
+    try:                                                # open waits for the write lock the writer will hold)
+        proc = subprocess.Popen([sys.executable, str(script), str(TESTS), storage, str(inside)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_ready(proc, inside)
+        assert {e.source for e in watcher.list()} == {"ok-0", "ok-1", "ok-2"}
+        proc.kill()  # SIGKILL: no cleanup of any kind in the writer
+        proc.wait(timeout=30)
+        assert proc.returncode == -9
+        listed = watcher.list(status=None)
+        assert len(listed) == 30 and {e.source for e in listed} == {"ok-0", "ok-1", "ok-2"}
+        assert watcher.stats()["events"] == 30
+        assert watcher.search("doomed item3", k=3)[0].edit.source.startswith("ok-")
+        # the dead writer's lock is gone: the next write goes through at once
+        new = watcher.add(statement="written after the crash")
+        assert watcher.get(new.id).status == "active" and len(watcher.list()) == 31
+    finally:
+        watcher.close()

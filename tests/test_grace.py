@@ -150,7 +150,8 @@ def test_an_erase_refuses_and_a_free_text_edit_is_skipped_with_a_note(lm, memory
     assert router.answer(UNRELATED).route == "base"
 
 
-def test_artifacts_are_scoped_to_a_namespace_and_checked(memory):
+def test_artifacts_are_scoped_to_a_namespace_and_checked(open_memory, storage):
+    memory = open_memory(storage)  # SQLite and PostgreSQL: files in a folder, rows in the store
     artifacts = memory.artifacts
     other = memory.with_namespace("other").artifacts
     tensors = {"a": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.zeros(0, 4)}

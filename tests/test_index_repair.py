@@ -220,7 +220,9 @@ HNSW_QUERIES = ["Who is a baker in Paris?", "Which surgeon lives in Oslo?", "Ada
                 "Someone born in 1999", "a violinist from Cairo", "plumbers in Lima"]
 
 
-def test_hnsw_index_matches_brute_force_on_active_edits(open_memory, db_path, embedder):
+def test_hnsw_index_matches_brute_force_on_active_edits(open_memory, storage, embedder):
+    """On SQLite (FAISS HNSW) and PostgreSQL (pgvector HNSW) alike."""
+    db_path = storage
     memory = open_memory(db_path, hnsw_threshold=50)
     statements = _people(120)
     first = memory.add_many([{"statement": s} for s in statements[:40]])

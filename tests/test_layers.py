@@ -5,7 +5,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CORE = ("edit.py", "store.py", "index.py", "memory.py", "embeddings.py")
+CORE = ("edit.py", "storage.py", "store.py", "pgstore.py", "pgindex.py", "index.py", "memory.py", "embeddings.py")
 UPPER = ("retrievers", "param_editors", "eval", "adapters")
 
 

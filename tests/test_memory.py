@@ -9,6 +9,13 @@ from conftest import STATEMENTS, BruteForce, assert_same_ranking
 CAPITAL = "The capital of {} is"
 
 
+@pytest.fixture
+def db_path(storage):
+    """Every test of this file runs on SQLite and on PostgreSQL (conftest's ``storage``)."""
+    return storage
+
+
+
 def snapshot(memory: Memory, queries=("capital of France", "coffee machine", "who plays football")):
     """Everything observable about a namespace: edits, events, search results, counts."""
     edits = [(e.to_dict(), e.status, e.superseded_by) for e in memory.list(status=None)]
