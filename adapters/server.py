@@ -35,7 +35,6 @@ from memedit.keys import KeyRing
 from memedit.memory import Memory
 from memedit.store import STATUSES
 
-from .edit_writer import EditWriter
 from .openai_wire import DONE, ApiError, ChatRequest, chunk, completion, completion_id, error_body, event, models_list
 from .worker import ModelWorker
 
@@ -92,7 +91,6 @@ class _Service:
         self.router, self.model_name = router, model_name
         self.max_tokens, self.max_tokens_limit = max_tokens, max_tokens_limit
         self.worker = ModelWorker(model)
-        self.writer = EditWriter(self.view)
         self._views: dict[str, Memory] = {}
         self._edited: dict[tuple[str, str], EditedModel] = {}
 
@@ -234,7 +232,6 @@ def create_app(memory: Memory, model: Any, router: str = "serac", model_name: st
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
-        service.writer.close()
         service.worker.close()
 
     app = FastAPI(title="memedit", summary="OpenAI-compatible chat completions through a memory of edits", lifespan=lifespan)
@@ -299,9 +296,9 @@ def create_app(memory: Memory, model: Any, router: str = "serac", model_name: st
         return StreamingResponse(sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     @app.post("/v1/edits")
-    async def add_edits(payload: Any = Body(...), namespace: str = Depends(namespace_of)) -> dict[str, Any]:
+    def add_edits(payload: Any = Body(...), namespace: str = Depends(namespace_of)) -> dict[str, Any]:
         edits, many = _edits_of(payload)
-        stored = await service.writer.add(namespace, edits)
+        stored = service.view(namespace).add_many(edits)
         if many:
             return {"object": "list", "data": [e.to_dict() for e in stored]}
         return stored[0].to_dict()

@@ -109,9 +109,16 @@ async def add_edit(http: httpx.AsyncClient, namespace: str, n: int, tally: Tally
         tally.error(f"edits {response.status_code}")
 
 
-async def ask(http: httpx.AsyncClient, namespace: str, n: int, max_tokens: int, tally: Tally) -> None:
-    body = {"model": "smollm2-135m", "max_tokens": max_tokens,
-            "messages": [{"role": "user", "content": f"What is the code word of fact {max(n - 1, 0)} of {namespace}?"}]}
+WORDINGS = ("What is the code word of fact {fact} of {namespace}?", "Tell me the code word of fact {fact} of {namespace}.",
+            "Which code word does fact {fact} of {namespace} have?", "fact {fact} of {namespace}: what is its code word?",
+            "What code word was given to fact {fact} of {namespace}?")
+
+
+async def ask(http: httpx.AsyncClient, namespace: str, n: int, max_tokens: int, tally: Tally, wording: int = 0) -> None:
+    """Ask about fact ``n - 1``; ``wording`` picks one of the ``WORDINGS`` (a question never
+    seen before costs its embedding; a repeated one is served from the detector's cache)."""
+    question = WORDINGS[wording % len(WORDINGS)].format(fact=max(n - 1, 0), namespace=namespace)
+    body = {"model": "smollm2-135m", "max_tokens": max_tokens, "messages": [{"role": "user", "content": question}]}
     started = time.perf_counter()
     try:
         response = await http.post("/v1/chat/completions", json=body)
@@ -149,7 +156,10 @@ async def alone(url: str, key: str, namespace: str, count: int, max_tokens: int)
         await ask(http, namespace, 1, max_tokens, Tally())
         tally = Tally()
         for n in range(count):
-            await ask(http, namespace, 1 + n % 2, max_tokens, tally)
+            await add_edit(http, namespace, 200 + n, Tally())
+        await ask(http, namespace, 1, max_tokens, Tally())  # the memory's new edits are indexed here
+        for n in range(count):  # each question asked once: no cache helps
+            await ask(http, namespace, 201 + n, max_tokens, tally, wording=n)
         # Edits added one at a time while one long answer is being generated.
         long = asyncio.create_task(ask(http, namespace, 1, 64, Tally()))
         await asyncio.sleep(0.5)

@@ -166,18 +166,11 @@ class Memory:
             raise ArgumentError("edit", "and keyword fields were both given; pass either an edit or keyword fields, not both")
         return self.add_many([edit])[0]
 
-    def add_many(self, edits: Iterable[Edit | dict[str, Any]], progress: bool = False,
-                 vectors: np.ndarray | None = None) -> list[StoredEdit]:
-        """Store many edits in one transaction (all or none), embedding them in batches.
-        ``vectors``: their statements' embeddings, one row per edit, when the caller already
-        computed them with this memory's embedder (a server batching several requests)."""
+    def add_many(self, edits: Iterable[Edit | dict[str, Any]], progress: bool = False) -> list[StoredEdit]:
+        """Store many edits in one transaction (all or none), embedding them in batches."""
         if isinstance(edits, (str, bytes, dict, Edit)) or not hasattr(edits, "__iter__"):
             raise ArgumentError("edits", f"must be a list of edits (Edit objects or dicts), got {type(edits).__name__}")
-        items = [(self._prepare(e), "active") for e in edits]
-        if vectors is not None and np.shape(vectors) != (len(items), self._shared.embedder.dim):
-            raise ArgumentError("vectors", f"must have one row of {self._shared.embedder.dim} numbers per edit "
-                                           f"({len(items)}), got shape {np.shape(vectors)}")
-        return self._write_all(items, via="add", progress=progress, vectors=vectors)
+        return self._write_all([(self._prepare(e), "active") for e in edits], via="add", progress=progress)
 
     def retract(self, edit_id: str, reason: str | None = None) -> StoredEdit:
         """Take an edit off the memory. If it had superseded an edit, that one becomes active again."""
@@ -205,15 +198,14 @@ class Memory:
                                          f"use memory.with_namespace({edit.namespace!r}) or leave namespace out")
         return edit.replace(namespace=self.namespace, id=edit.id or new_edit_id(), created_at=edit.created_at or utc_now())
 
-    def _write_all(self, items: list[tuple[Edit, str]], via: str, progress: bool,
-                   vectors: np.ndarray | None = None) -> list[StoredEdit]:
+    def _write_all(self, items: list[tuple[Edit, str]], via: str, progress: bool) -> list[StoredEdit]:
         seen: set[str] = set()
         for edit, _ in items:
             if edit.id in seen:
                 raise ConflictError(f"id {edit.id!r} appears twice in this batch; give each edit its own id or leave id out")
             seen.add(edit.id)
-        if vectors is None:
-            vectors = self._shared.embedder.encode([e.statement for e, _ in items], progress=progress)
+        embedder = self._shared.embedder
+        vectors = embedder.encode([e.statement for e, _ in items], progress=progress)
         # An edit imported as retracted may have been superseded by a later line before it
         # was retracted; retract it once the lines that supersede it are in, not before.
         due = {edit.id: i for i, (edit, status) in enumerate(items) if status == "retracted"}

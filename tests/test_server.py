@@ -316,31 +316,3 @@ def test_memedit_serve_command_listens_on_localhost(server, tmp_path):
         process.kill()
         process.wait()
 
-
-def test_edit_writer_groups_requests_and_keeps_each_one_whole(memory):
-    """Requests written together each get their own transaction: a bad one fails alone,
-    the others land in their own namespaces with the vectors a lone add would give."""
-    import asyncio
-
-    from memedit.adapters.edit_writer import EditWriter
-    from memedit.edit import Edit
-
-    writer = EditWriter(memory.with_namespace)
-
-    async def burst():
-        requests = [writer.add(f"ns{i}", [Edit(statement=f"Fact number {i} about Quenby.")]) for i in range(6)]
-        requests.append(writer.add("ns0", [Edit(statement="A good one."), Edit(statement="Bad.", supersedes="no-such-id")]))
-        return await asyncio.gather(*requests, return_exceptions=True)
-
-    try:
-        results = asyncio.run(burst())
-    finally:
-        writer.close()
-    assert all(isinstance(r, list) and len(r) == 1 for r in results[:6])
-    assert isinstance(results[6], Exception) and "no-such-id" in str(results[6])
-    for i in range(6):
-        view = memory.with_namespace(f"ns{i}")
-        assert [e.statement for e in view.list()] == [f"Fact number {i} about Quenby."]
-        hit = view.search(f"Fact number {i} about Quenby.", k=1)[0]
-        assert hit.score > 0.999  # the batched vector is the statement's own
-    assert "A good one." not in [e.statement for e in memory.with_namespace("ns0").list()]
