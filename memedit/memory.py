@@ -322,6 +322,12 @@ class Memory:
                 if rid in rows and rows[rid]["status"] == "active"]
 
     @_locked
+    def statement_vectors(self, edits: Sequence[Edit]) -> dict[str, np.ndarray]:
+        """The stored embeddings of these edits' statements (this memory's embedder), by edit
+        id; an edit of another namespace, or with no stored vector, is left out."""
+        return self._store.vectors_by_id(self.namespace, [e.id for e in edits], self._shared.embedder_name)
+
+    @_locked
     def revision(self) -> int:
         """The number of the namespace's latest event: it changes whenever an edit is added,
         retracted, superseded, restored or consolidated (derived indexes key on it)."""

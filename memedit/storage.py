@@ -293,6 +293,16 @@ class Storage:
                 out[rid] = self._vector_out(value)
         return out
 
+    def vectors_by_id(self, namespace: str, ids: Sequence[str], model: str) -> dict[str, np.ndarray]:
+        """Cached vectors of this namespace's edits with these ids, for this embedder model."""
+        out: dict[str, np.ndarray] = {}
+        for chunk, marks in _chunks(list(ids)):
+            sql = (f"SELECT e.id, v.vector FROM edits e JOIN embeddings v ON v.edit_rid = e.rid "
+                   f"WHERE e.namespace = ? AND v.model = ? AND e.id IN ({marks})")
+            for edit_id, value in self._all(sql, (namespace, model, *chunk)):
+                out[edit_id] = self._vector_out(value)
+        return out
+
     def put_vector(self, rid: int, model: str, vector: np.ndarray) -> None:
         self._exec(f"INSERT INTO embeddings (edit_rid, model, vector) VALUES (?, ?, {self.vector_mark}) ON CONFLICT (edit_rid) "
                    "DO UPDATE SET model = excluded.model, vector = excluded.vector",

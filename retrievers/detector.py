@@ -344,9 +344,9 @@ class NameIndex:
 
     def __init__(self) -> None:
         self.revision: int | None = None
-        # (edits, names, by_token), replaced whole so that a reader in another thread never
-        # sees the token map of one revision with the edits of another.
-        self._state: tuple[list[Any], dict[str, list[str]], dict[str, set[int]]] = ([], {}, {})
+        # (edits, names, by_token, active), replaced whole so that a reader in another thread
+        # never sees the token map of one revision with the edits of another.
+        self._state: tuple[list[Any], dict[str, list[str]], dict[str, set[int]], list[Any]] = ([], {}, {}, [])
         self._lock = threading.Lock()
 
     def refresh(self, memory: Any) -> bool:
@@ -355,7 +355,8 @@ class NameIndex:
         if revision == self.revision:
             return False
         with self._lock:
-            edits = [e for e in memory.list() if e.subject is not None]
+            active = memory.list()
+            edits = [e for e in active if e.subject is not None]
             aliases: dict[str, list[str]] = {}
             for e in edits:
                 if e.target and e.aliases:
@@ -367,13 +368,13 @@ class NameIndex:
                     for token in name_tokens(name):
                         for key in _keys(token):
                             by_token.setdefault(key, set()).add(i)
-            self._state, self.revision = (edits, names, by_token), revision
+            self._state, self.revision = (edits, names, by_token, active), revision
         return True
 
     def named_in(self, question: str, limit: int = 50) -> list[Any]:
         """Active triple edits whose subject (or one of its names) the question may name:
         a shared token, or a token one typo away. ``find_mention`` confirms it later."""
-        edits, _, by_token = self._state
+        edits, _, by_token, _ = self._state
         found: dict[int, int] = {}
         for token, _, _ in tokens(question):
             for key in _keys(token):
@@ -391,6 +392,11 @@ class NameIndex:
     def names(self) -> dict[str, list[str]]:
         """Other names of each folded subject."""
         return self._state[1]
+
+    @property
+    def active(self) -> list[Any]:
+        """Every active edit at this revision, free-text ones included."""
+        return self._state[3]
 
 
 def _keys(token: str) -> list[str]:
@@ -441,8 +447,19 @@ class ScopeDetector:
         if not self.by_name:
             return []
         if self.names.refresh(self.memory) and hasattr(self.classifier, "prepare"):
-            self.classifier.prepare(self.names.edits)
+            self._prepare(self.names.active)
         return self.names.named_in(question)
+
+    def _prepare(self, edits: Sequence[Any]) -> None:
+        """Cache the edit side of every active edit (free-text ones too), so that a question
+        never waits for it: the statements' vectors come from the memory, which embedded
+        them when they were added; the other texts are embedded here, once."""
+        if self.classifier.embedder is self.memory.embedder:
+            stored = self.memory.statement_vectors(edits)
+            for edit in edits:
+                if edit.id in stored:
+                    self.classifier.remember(edit.statement, stored[edit.id])
+        self.classifier.prepare(edits)
 
     def embed_question(self, question: str, named: Sequence[Any] = ()) -> np.ndarray:
         """The question's vector. The edit classifier embeds it in one batch with the masked

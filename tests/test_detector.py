@@ -228,3 +228,35 @@ def test_a_free_text_edit_is_judged_on_its_statement(open_memory, db_path, scope
         assert decision.best is not None and decision.best.id == fact.id
         assert decision.verdicts[0].reason["entity"] == "free text"
     assert detector.decide("How many legs does a spider have?").best is None
+
+
+class Recording:
+    """The session embedder, writing down every text it is asked to embed."""
+
+    def __init__(self, real) -> None:
+        self.real, self.name, self.dim, self.texts = real, real.name, real.dim, []
+
+    def encode(self, texts, batch_size: int = 64, progress: bool = False):
+        self.texts += list(texts)
+        return self.real.encode(texts, batch_size=batch_size)
+
+    def encode_one(self, text: str):
+        return self.encode([text])[0]
+
+
+def test_a_question_never_embeds_a_stored_statement_again(open_memory, db_path, embedder):
+    recording = Recording(embedder)
+    memory = open_memory(db_path, embedder=recording)
+    facts = [memory.add(statement="Alice's manager is Bob."),
+             memory.add(subject="Marisol Quenby", prompt="{} works for", target="the Lisbon Botanical Institute")]
+    detector = ScopeDetector(memory, EditScope(recording))
+    recording.texts.clear()
+    decision = detector.decide("Who is Alice's manager?")
+    assert decision.best is not None and decision.best.id == facts[0].id
+    assert detector.decide("Who employs Marisol Quenby?").best.id == facts[1].id
+    assert not {f.statement for f in facts} & set(recording.texts)
+    # and a statement added later comes from the store too
+    later = memory.add(statement="The office cat is called Pixel.")
+    recording.texts.clear()
+    assert detector.decide("What is the office cat called?").best.id == later.id
+    assert later.statement not in recording.texts

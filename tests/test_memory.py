@@ -1,5 +1,6 @@
 """Memory: supersede and retract with history, all-or-nothing batches, search ranking, reads."""
 
+import numpy as np
 import pytest
 
 from memedit import ConflictError, Edit, EditError, EditNotFound, Memory
@@ -340,3 +341,13 @@ def test_stats_counts(memory):
     memory.search("capital", k=1)
     assert stats["edits"] == sum(stats["by_status"].values())
     assert memory.stats()["index"] == {"kind": "flat", "size": 3}
+
+
+def test_statement_vectors_are_the_stored_ones_of_this_namespace_only(open_memory, storage, embedder):
+    ours, theirs = open_memory(storage, namespace="ours"), open_memory(storage, namespace="theirs")
+    mine = ours.add(statement="Alice's manager is Bob.")
+    other = theirs.add(statement="Carol's manager is Dan.")
+    vectors = ours.statement_vectors([mine, other])
+    assert set(vectors) == {mine.id}
+    assert np.allclose(vectors[mine.id], embedder.encode_one(mine.statement), atol=1e-5)
+    assert theirs.statement_vectors([mine]) == {}
