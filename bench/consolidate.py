@@ -12,16 +12,24 @@ Figures printed (and written to JSON):
   teacher-forced token accuracy; reliability (edit prompt), generality (rephrasings, where
   the data has them), locality (agreement with the unedited model's predictions along the
   ground truth), portability. No router is involved: the weights answer alone. Beside
-  them, "chat reliability": the target's token accuracy when the edit prompt is asked
-  through the routers' base chat prompt, the way ``EditedModel.ask`` asks a question
-  once its edit has left the retrieval path (before and after the batch).
+  them, verification's own measure on both forms of each edit: the share of edits whose
+  cloze prompt gives the whole target as the greedy continuation ("cloze whole"), and
+  whose prompt asked as a chat question, through the routers' base prompt (the way
+  ``EditedModel.ask`` asks once an edit has left the retrieval path), gives it as the
+  greedy start of the reply ("chat whole", before and after the batch), with the mean
+  target token accuracy of the chat form; and the 20-prompt unrelated locality sample
+  (raw and chat), the share of greedy tokens kept.
+
+With ``--baseline`` each method also runs as before the chat form existed (values and
+keys from the cloze prompts only, ``chat_form=False``), in the same process, so the two
+stand side by side.
 
 Every run goes through ``Memory.consolidate`` with verification on and the locality bound
 off (``max_locality_loss=1``), so every batch is kept and measured whole; the report's
 count of verified edits is printed beside it. After each run the batch is reverted, which
 restores the base weights bit for bit (checked), so runs do not see each other's edits.
 
-    .venv/bin/python bench/consolidate.py --model smollm2-135m --rome 10 --memit 10 100
+    .venv/bin/python bench/consolidate.py --model smollm2-135m --rome 10 --memit 10 100 --baseline
     .venv/bin/python bench/consolidate.py --model qwen2.5-1.5b --rome 3 --memit 10 --stats-tokens 10000
 """
 
@@ -48,6 +56,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--memit", type=int, nargs="*", default=[10, 100], help="MEMIT batch sizes")
     p.add_argument("--stats-tokens", type=int, help="corpus tokens behind the key statistics (default: the editors')")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--baseline", action="store_true", help="also run each method with chat_form=False (cloze prompts only)")
+    p.add_argument("--fresh-stats", action="store_true",
+                   help="compute the key statistics into a temporary folder (timed), not the shared cache")
     p.add_argument("--out", help="JSON file (default bench/results/consolidate-<model>.json)")
     return p.parse_args(argv)
 
@@ -82,15 +93,16 @@ def predictions(lm, cases) -> dict[tuple[str, str], tuple[int, ...]]:
             for c in cases for p in c.by_metric("locality")}
 
 
-def chat_reliability(lm, cases, memory) -> float:
-    """Target token accuracy when the edit prompt is asked the way ``EditedModel.ask`` asks
-    a question no edit is in scope of (the router's base chat prompt): the path an edit
-    takes once it has left the retrieval path (percent)."""
-    from memedit.edited_model import make_router
+def forms_reliability(lm, edits) -> dict[str, float]:
+    """Verification's measure on both forms (``param_editors.consolidate.reliability``),
+    in percent: edits whose cloze / chat form gives the whole target, mean chat token accuracy."""
+    from memedit.param_editors.consolidate import reliability
+    from memedit.param_editors.tracing import Request
 
-    base_prompt = make_router("ike", lm, memory).base_prompt
-    return 100 * sum(lm.score(base_prompt(c.edit.prompt.format(c.edit.subject)), " " + c.edit.target).token_accuracy
-                     for c in cases) / len(cases)
+    scores = [reliability(lm, Request.from_edit(e)) for e in edits]
+    n = len(scores)
+    return {"cloze_whole": 100 * sum(c == 1.0 for c, _ in scores) / n, "chat_whole": 100 * sum(t == 1.0 for _, t in scores) / n,
+            "chat_tokens": 100 * sum(t for _, t in scores) / n}
 
 
 def quality(lm, cases, before) -> dict[str, float | None]:
@@ -113,26 +125,27 @@ def quality(lm, cases, before) -> dict[str, float | None]:
     return {m: (100 * sum(v) / len(v) if v else None) for m, v in per_metric.items()}
 
 
-def run(lm, cases, method: str, stats_root: Path, stats_tokens: int | None, workdir: Path) -> dict:
+def run(lm, cases, method: str, stats_root: Path | None, stats_tokens: int | None, workdir: Path, chat_form: bool = True) -> dict:
     from memedit.param_editors.deltas import tensor_sha256
 
     from memedit import Memory
 
     base = {n: tensor_sha256(p) for n, p in lm.model.named_parameters() if n.endswith("down_proj.weight")}
     before = predictions(lm, cases)
-    with Memory(workdir / f"{method}-{len(cases)}.db") as memory:
-        memory.add_many([c.edit for c in cases])
-        chat_before = chat_reliability(lm, cases, memory)
+    with Memory(workdir / f"{method}-{len(cases)}-{chat_form}.db") as memory:
+        edits = memory.add_many([c.edit for c in cases])
+        chat_before = forms_reliability(lm, edits)
         with PeakMemory() as peak:
             report = memory.consolidate(lm, method=method, max_locality_loss=1.0, stats_root=stats_root,
-                                        stats_tokens=stats_tokens, progress=True)
+                                        stats_tokens=stats_tokens, progress=True, chat_form=chat_form)
         scores = quality(lm, cases, before)
-        scores["chat_reliability_before"] = chat_before
-        scores["chat_reliability"] = chat_reliability(lm, cases, memory)
+        scores.update(forms_reliability(lm, edits))
+        scores["chat_whole_before"] = chat_before["chat_whole"]
         if report.committed:
             memory.revert(report.batch, lm)
         restored = base == {n: tensor_sha256(p) for n, p in lm.model.named_parameters() if n.endswith("down_proj.weight")}
-    return {"method": method, "edits": len(cases), "layers": list(report.layers), "seconds_edit": report.seconds["edit"],
+    return {"method": method, "chat_form": chat_form, "edits": len(cases), "layers": list(report.layers),
+            "seconds_edit": report.seconds["edit"],
             "seconds_per_edit": report.seconds["edit"] / len(cases), "verified": len(report.consolidated),
             "locality_sample": report.locality, "peak_rss_gb": peak.peak / 2**30, "restored_bit_for_bit": restored,
             **scores}
@@ -154,32 +167,39 @@ def main(argv=None) -> int:
     results: dict = {"model": args.model, "threads": args.threads, "runs": []}
     with tempfile.TemporaryDirectory(prefix="memedit-bench-") as tmp:
         tmp = Path(tmp)
+        stats_root = tmp / "stats" if args.fresh_stats else None  # None: the shared cache, kept between runs
         layers = sorted({*default_settings(lm, "rome").layers, *default_settings(lm, "memit").layers})
         tokens = args.stats_tokens or default_settings(lm, "memit").stats_tokens
         with PeakMemory() as peak:
-            first = key_covariance(lm, layers, tokens, root=tmp / "stats", progress=True)
-        second = key_covariance(lm, layers, tokens, root=tmp / "stats", progress=False)
+            first = key_covariance(lm, layers, tokens, root=stats_root, progress=True)
+        second = key_covariance(lm, layers, tokens, root=stats_root, progress=False)
         assert second.computed == []
-        results["statistics"] = {"layers": layers, "tokens": tokens, "seconds_first": first.seconds,
+        results["statistics"] = {"layers": layers, "tokens": tokens, "computed": first.computed, "seconds_first": first.seconds,
                                  "seconds_cached": second.seconds, "peak_rss_gb": peak.peak / 2**30}
-        print(f"key statistics, {len(layers)} layers x {tokens:,} tokens: {first.seconds:.1f} s computed, "
-              f"{second.seconds:.2f} s cached (peak RSS {peak.peak / 2**30:.1f} GB)", flush=True)
+        print(f"key statistics, {len(layers)} layers x {tokens:,} tokens: {first.seconds:.1f} s "
+              f"({len(first.computed)} layers computed), {second.seconds:.2f} s cached (peak RSS {peak.peak / 2**30:.1f} GB)",
+              flush=True)
         plan = ([("rome", args.rome)] if args.rome else []) + [("memit", n) for n in args.memit]
         for method, n in plan:
-            row = run(lm, cases[:n], method, tmp / "stats", args.stats_tokens, tmp)
-            results["runs"].append(row)
-            print(json.dumps(row), flush=True)
+            for chat_form in (True, False) if args.baseline else (True,):
+                row = run(lm, cases[:n], method, stats_root, args.stats_tokens, tmp, chat_form)
+                results["runs"].append(row)
+                print(json.dumps(row), flush=True)
 
-    print(f"\n{args.model}, {args.threads} threads; token accuracy, KnowEdit wiki_counterfact first N cases")
-    print("| method | edits | s/edit | s total | verified | peak RSS | reliability | generality | locality | portability "
-          "| chat reliability (before) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print(f"\n{args.model}, {args.threads} threads; KnowEdit wiki_counterfact first N cases. Token accuracy (KnowEdit's "
+          "reliability, generality, same-subject locality, portability); 'whole': % of edits whose form gives the whole "
+          "target greedily; chat before: the unedited model; locality sample: % of 20 unrelated prompts' greedy tokens "
+          "kept, raw and chat")
+    print("| method | trained on | edits | s/edit | verified | peak RSS | cloze whole | chat whole (before) | chat tokens "
+          "| reliability | generality | locality | portability | locality sample |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     fmt = lambda v: "–" if v is None else f"{v:.1f}"
     for r in results["runs"]:
-        print(f"| {r['method'].upper()} | {r['edits']} | {r['seconds_per_edit']:.1f} | {r['seconds_edit']:.0f} | "
-              f"{r['verified']} | {r['peak_rss_gb']:.1f} GB | {fmt(r['reliability'])} | {fmt(r['generality'])} | "
-              f"{fmt(r['locality'])} | {fmt(r['portability'])} | {fmt(r['chat_reliability'])} "
-              f"({fmt(r['chat_reliability_before'])}) |")
+        trained = "cloze + chat" if r["chat_form"] else "cloze only"
+        print(f"| {r['method'].upper()} | {trained} | {r['edits']} | {r['seconds_per_edit']:.1f} | {r['verified']} | "
+              f"{r['peak_rss_gb']:.1f} GB | {fmt(r['cloze_whole'])} | {fmt(r['chat_whole'])} ({fmt(r['chat_whole_before'])}) | "
+              f"{fmt(r['chat_tokens'])} | {fmt(r['reliability'])} | {fmt(r['generality'])} | {fmt(r['locality'])} | "
+              f"{fmt(r['portability'])} | {fmt(100 * r['locality_sample'])} |")
     out = Path(args.out or ROOT / "bench" / "results" / f"consolidate-{args.model}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))

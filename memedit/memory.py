@@ -350,11 +350,20 @@ class Memory:
     # -- consolidation into a model's weights ------------------------------------
 
     def consolidate(self, model, method: str = "memit", edits: Iterable[Any] | None = None, verify: bool = True,
-                    **options: Any):
-        """Write active triple edits (all, or the given ids) into ``model``'s weights with MEMIT
-        or ROME, verify them, and journal the batch; returns a ``ConsolidationReport``.
-        Edits that took leave the retrieval path; the rest stay on it. See
-        ``memedit.param_editors.consolidate`` for the options."""
+                    policy: Any = None, **options: Any):
+        """Write active triple edits (all, the given ids, or those ``policy`` chooses) into
+        ``model``'s weights with MEMIT or ROME, verify them, and journal the batch; returns a
+        ``ConsolidationReport``. Edits that took leave the retrieval path; the rest stay on it.
+        ``policy`` is a ``ConsolidationPolicy`` or a dict of its fields (``older_than``,
+        ``beyond``, ``batch_size``); one that matches no edit writes nothing and the report
+        says so. See ``memedit.param_editors.consolidate`` for the options."""
+        if policy is not None:
+            if edits is not None:
+                raise ArgumentError("policy", "and edits were both given; pass the edits to write, or a policy that "
+                                              "chooses them, not both")
+            edits = self.weight_editors.select(self, policy)
+            if not edits:
+                return self.weight_editors.nothing_matched(policy, method)
         return self.weight_editors.consolidate(self, model, method=method, edits=edits, verify=verify, **options)
 
     def revert(self, batch: str, model=None) -> list[str]:

@@ -488,34 +488,48 @@ class VisibleText:
         return piece
 
 
-_loaded: dict[tuple[str, str], LanguageModel] = {}
+_loaded: dict[tuple[str, str, str], LanguageModel] = {}
 _load_lock = threading.Lock()
 
 
 DTYPES = ("float32", "bfloat16")
 
 
-def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str = "cpu", dtype: str = "float32") -> LanguageModel:
+def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str = "cpu", dtype: str = "float32",
+               fresh: bool = False) -> LanguageModel:
     """Load a model by packaged short name or local path (cached per process), offline.
 
+    The cached object is shared: every caller gets the same one, with whatever was written
+    into its weights (consolidation batches, for one). ``fresh=True`` loads a separate
+    copy from the model's files instead, with the base weights; it is not cached.
     ``dtype`` is ``"float32"`` (the default: consolidation writes float32 deltas and the
     measured answers are those) or ``"bfloat16"`` (about twice as fast on a CPU with
     AVX-512 BF16, answers not always equal; ``bench/throughput.py --dtype`` measures both).
     Raises :class:`memedit.errors.ModelPackageError` for an unknown name, a missing
     package or a bad checksum, with the command that fixes it.
     """
-    import torch
-
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if not isinstance(fresh, bool):
+        raise TypeError(f"fresh must be True or False, got {fresh!r}")
+    if fresh:
+        with _load_lock:  # a packaged model may be converted on first use: once, by one thread
+            folder = resolve(name_or_path)
+        return _build(folder, name_or_path, device, dtype)
     key = (str(name_or_path), device, dtype)
     with _load_lock:
         if key not in _loaded:
-            folder = resolve(name_or_path)
-            with quiet_hf(errors_only=False):
-                from transformers import AutoModelForCausalLM, AutoTokenizer
-
-                model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=getattr(torch, dtype)).to(device)
-                tokenizer = AutoTokenizer.from_pretrained(str(folder))
-            _loaded[key] = LanguageModel(model, tokenizer, name=str(name_or_path), device=device)
+            _loaded[key] = _build(resolve(name_or_path), name_or_path, device, dtype)
         return _loaded[key]
+
+
+def _build(folder: os.PathLike, name_or_path: str | os.PathLike, device: str, dtype: str) -> LanguageModel:
+    """A new LanguageModel read from ``folder`` (never cached)."""
+    import torch
+
+    with quiet_hf(errors_only=False):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=getattr(torch, dtype)).to(device)
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    return LanguageModel(model, tokenizer, name=str(name_or_path), device=device)

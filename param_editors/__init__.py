@@ -7,9 +7,10 @@ Most users call ``Memory.consolidate(model, method=...)`` or ``memedit consolida
 
 from .consolidate import ConsolidationReport, EditOutcome, apply_consolidated, consolidate, revert
 from .deltas import WeightJournal
+from .policy import ConsolidationPolicy, as_policy, nothing_matched, select
 from .settings import EditorSettings, default_settings
 from .stats import CovarianceStats, key_covariance
 
-__all__ = ["ConsolidationReport", "CovarianceStats", "EditOutcome", "EditorSettings", "WeightJournal", "apply_consolidated",
-           "consolidate",
-           "default_settings", "key_covariance", "revert"]
+__all__ = ["ConsolidationPolicy", "ConsolidationReport", "CovarianceStats", "EditOutcome", "EditorSettings", "WeightJournal",
+           "apply_consolidated", "as_policy", "consolidate", "default_settings", "key_covariance", "nothing_matched", "revert",
+           "select"]

@@ -1,8 +1,10 @@
 """Consolidation: move a memory's triple edits into a model's weights, verified and reversible.
 
-``consolidate`` writes a batch with ROME or MEMIT, then checks every edit (does the
-greedy continuation of its cloze prompt start with the target?) and a locality sample
-(do unrelated prompts keep their greedy continuation?). A batch that costs more locality
+``consolidate`` writes a batch with ROME or MEMIT, then checks every edit on both paths a
+user takes (does the greedy continuation of its cloze prompt start with the target, and
+does the greedy reply to it asked as a chat question, the routers' base prompt?) and a
+locality sample (do unrelated prompts, raw and asked as chat questions, keep their greedy
+continuation?). A batch that costs more locality
 than ``max_locality_loss`` is rolled back, bit for bit, and its edits stay on the
 retrieval path. Otherwise the batch is journaled (see ``deltas``), the edits that took are
 marked ``consolidated`` and leave the retrieval path, and the ones that did not stay on it.
@@ -29,7 +31,7 @@ from .memit import apply_memit
 from .rome import apply_rome
 from .settings import EditorSettings, default_settings
 from .stats import key_covariance
-from .tracing import Request, encode, pad
+from .tracing import Request, chat_prompt, encode, pad
 
 MAX_LOCALITY_LOSS = 0.1
 LOCALITY_TOKENS = 5
@@ -55,6 +57,7 @@ class EditOutcome:
     status: str
     reason: str = ""
     reliability: float | None = None
+    chat_reliability: float | None = None
 
 
 @dataclass
@@ -96,7 +99,8 @@ class ConsolidationReport:
         if self.locality is not None:
             lines.append(f"locality sample: {self.locality:.1%} of greedy tokens unchanged")
         for o in self.outcomes:
-            score = "" if o.reliability is None else f" (target tokens right: {o.reliability:.0%})"
+            score = "" if o.reliability is None else (f" (target tokens right: cloze {o.reliability:.0%}, "
+                                                      f"chat {o.chat_reliability:.0%})")
             lines.append(f"  {o.edit_id}  {o.status}{score}{': ' + o.reason if o.reason else ''}")
         return lines
 
@@ -112,17 +116,30 @@ def unusable(edit: StoredEdit) -> str | None:
     return None
 
 
-def reliability(lm: LanguageModel, request: Request) -> float:
-    """Share of the target's tokens that are the greedy choice after the cloze prompt."""
-    return lm.score(request.text, request.continuation).token_accuracy
+def reliability(lm: LanguageModel, request: Request) -> tuple[float, float]:
+    """Shares of the target's tokens that are the greedy choice (cloze, chat): after the cloze
+    prompt, and at the start of the reply when the prompt is asked as a chat question."""
+    cloze, chat = lm.score_many([(request.text, request.continuation), (chat_prompt(lm, request.text), request.target)])
+    return cloze.token_accuracy, chat.token_accuracy
 
 
-def greedy_tokens(lm: LanguageModel, prompts: Sequence[str], n: int = LOCALITY_TOKENS) -> list[list[int]]:
-    """The greedy next ``n`` tokens of each prompt (raw text, no chat template)."""
+def failed_forms(cloze: float, chat: float) -> str:
+    """Which forms of an edit do not give its target as the greedy answer ("" when both do)."""
+    failed = [name for name, score in (("cloze prompt", cloze), ("chat question", chat)) if score < 1.0]
+    return " and ".join(failed)
+
+
+def locality_rows(lm: LanguageModel, prompts: Sequence[str]) -> list[list[int]]:
+    """The locality sample's token rows: each prompt as raw text, then asked as a chat question."""
+    return [encode(lm, p) for p in prompts] + [lm.prompt_ids(chat_prompt(lm, p)) for p in prompts]
+
+
+def greedy_tokens(lm: LanguageModel, rows: Sequence[list[int]], n: int = LOCALITY_TOKENS) -> list[list[int]]:
+    """The greedy next ``n`` tokens after each row of token ids."""
     out = []
     with torch.no_grad():
-        for prompt in prompts:
-            ids = encode(lm, prompt)
+        for row in rows:
+            ids = list(row)
             for _ in range(n):
                 logits = lm.model(input_ids=torch.tensor([ids], device=lm.device), use_cache=False).logits
                 ids = ids + [int(logits[0, -1].argmax())]
@@ -130,14 +147,15 @@ def greedy_tokens(lm: LanguageModel, prompts: Sequence[str], n: int = LOCALITY_T
     return out
 
 
-def locality(lm: LanguageModel, prompts: Sequence[str], before: list[list[int]]) -> float:
-    """Share of the earlier greedy tokens that are still the greedy choice (teacher-forced)."""
-    rows = [encode(lm, p) + b for p, b in zip(prompts, before)]
+def locality(lm: LanguageModel, prompts: Sequence[list[int]], before: list[list[int]]) -> float:
+    """Share of the earlier greedy tokens after each row of ``prompts`` that are still the
+    greedy choice (teacher-forced)."""
+    rows = [list(p) + b for p, b in zip(prompts, before)]
     ids, mask = pad(lm, rows)
     with torch.no_grad():
         logits = lm.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
     same = total = 0
-    for i, (prompt, tokens) in enumerate(zip(prompts, before)):
+    for i, tokens in enumerate(before):
         start = len(rows[i]) - len(tokens) - 1
         predicted = logits[i, start:start + len(tokens)].argmax(-1).tolist()
         same += sum(int(p == t) for p, t in zip(predicted, tokens))
@@ -201,7 +219,8 @@ def _write_batch(memory, lm: LanguageModel, journal: WeightJournal, settings: Ed
     params = journal.parameters
     before = {n: params[n].detach().clone() for n in touched}
     base_sha = {n: tensor_sha256(journal.base[n]) for n in touched}
-    locality_before = greedy_tokens(lm, prompts) if verify else None
+    sample = locality_rows(lm, prompts) if verify else []
+    locality_before = greedy_tokens(lm, sample) if verify else None
 
     t0 = time.perf_counter()
     try:
@@ -215,18 +234,21 @@ def _write_batch(memory, lm: LanguageModel, journal: WeightJournal, settings: Ed
 
     took = {r.edit_id: reliability(lm, r) for r in requests}
     if verify:
-        report.locality = locality(lm, prompts, locality_before)
-    good = [r.edit_id for r in requests if not verify or took[r.edit_id] == 1.0]
+        report.locality = locality(lm, sample, locality_before)
+    good = [r.edit_id for r in requests if not verify or not failed_forms(*took[r.edit_id])]
     problem = ""
     if verify and 1 - report.locality > max_loss:
         problem = (f"the batch changed {1 - report.locality:.1%} of the locality sample's greedy tokens, over the bound of "
                    f"{max_loss:.0%}; the weights were restored")
     elif not good:
-        problem = "no edit's target became the greedy continuation; the weights were restored"
+        problem = "no edit's target became the greedy answer of both its cloze prompt and its chat question; the weights were restored"
     if problem:
         journal.set_weights(before)
         report.reason = problem
-        report.outcomes += [EditOutcome(r.edit_id, "kept", "batch rolled back", took[r.edit_id]) for r in requests]
+        for r in requests:
+            failed = failed_forms(*took[r.edit_id]) if verify else ""
+            why = "batch rolled back" + (f"; its {failed} did not give the target" if failed else "")
+            report.outcomes.append(EditOutcome(r.edit_id, "kept", why, *took[r.edit_id]))
         report.seconds["total"] = time.perf_counter() - started
         return
 
@@ -248,10 +270,12 @@ def _write_batch(memory, lm: LanguageModel, journal: WeightJournal, settings: Ed
     report.batch, report.committed = batch, True
     for r in requests:
         if r.edit_id in good:
-            report.outcomes.append(EditOutcome(r.edit_id, "consolidated", "", took[r.edit_id]))
+            report.outcomes.append(EditOutcome(r.edit_id, "consolidated", "", *took[r.edit_id]))
         else:
-            report.outcomes.append(EditOutcome(r.edit_id, "kept", "its target is not the greedy continuation after the batch; "
-                                                                   "it stays on the retrieval path", took[r.edit_id]))
+            failed = failed_forms(*took[r.edit_id]) if verify else ""
+            why = (f"its target is not the greedy answer of its {failed} after the batch" if failed
+                   else "it was no longer active when the batch was recorded")
+            report.outcomes.append(EditOutcome(r.edit_id, "kept", why + "; it stays on the retrieval path", *took[r.edit_id]))
     report.seconds["total"] = time.perf_counter() - started
 
 

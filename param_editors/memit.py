@@ -39,7 +39,7 @@ def apply_memit(lm: LanguageModel, requests: Sequence[Request], settings: Editor
     targets = at_subject(lm, requests, top, "output", plain) + torch.stack([v.delta for v in values])
     for i, layer in enumerate(settings.layers):
         down = mlp_down(blocks[layer])
-        keys = at_subject(lm, requests, down, "input")
+        keys = at_subject(lm, requests, down, "input", chat=settings.value.chat_form)
         missing = (targets - at_subject(lm, requests, top, "output", plain)) / (len(settings.layers) - i)
         with torch.no_grad():
             weight = settings.mom2_weight or MOM2_PER_DIM * down.in_features

@@ -42,7 +42,7 @@ def apply_rome(lm: LanguageModel, requests: Sequence[Request], settings: EditorS
     cov = covariance[layer].to(lm.device)
     losses = []
     for request in tqdm(requests, desc="ROME", unit="edit", disable=not progress):
-        key = at_subject(lm, [request], down, "input")[0]
+        key = at_subject(lm, [request], down, "input", chat=settings.value.chat_form)[0]
         value = optimize_value(lm, request, block.mlp, settings.value)
         with torch.no_grad():
             down.weight += rank_one(key, value.delta, cov).to(down.weight.dtype)

@@ -2,10 +2,12 @@
 module's input or output, or adding a vector to its output, at the subject's last token
 (with the hooks of :mod:`memedit.hooks`).
 
-Every editor works on the same positions: the last token of the subject inside a cloze
-prompt, under a few neutral context prefixes (so the edit does not hang on the prompt
-starting the text). The prefixes are our own fixed sentences, not sampled from the model,
-so an edit is reproducible bit for bit.
+Every editor works on the same positions: the last token of the subject inside each of
+an edit's *forms*: the cloze prompt under a few neutral context prefixes (so the edit does
+not hang on the prompt starting the text), and the same prompt asked as a question through
+the routers' base chat prompt (the path an edit is answered on once it has left retrieval),
+where the target starts the assistant's reply. The prefixes are our own fixed sentences,
+not sampled from the model, so an edit is reproducible bit for bit.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import torch
 
 from memedit import hooks
 from memedit.edit import Edit, fill_prompt
-from memedit.models import LanguageModel
+from memedit.models import LanguageModel, Prompt
+from memedit.retrievers.base import ANSWER_SYSTEM
 
 # "{}" is where the filled cloze prompt goes.
 CONTEXTS = ("{}", "Here is a fact. {}", "I read this in the news today. {}")
@@ -62,6 +65,46 @@ def subject_tokens(lm: LanguageModel, context: str, request: Request) -> tuple[l
     return ids, min(max(last, 0), len(ids) - 1)
 
 
+def chat_prompt(lm: LanguageModel, question: str) -> Prompt:
+    """``question`` as the routers ask it when no edit is in scope (``Router.base_prompt``
+    without history): the system turn, then the user's turn, ready for the reply."""
+    return lm.chat([{"role": "system", "content": ANSWER_SYSTEM}, {"role": "user", "content": question}])
+
+
+def chat_tokens(lm: LanguageModel, request: Request) -> tuple[list[int], int]:
+    """(ids of the request's prompt asked through :func:`chat_prompt`, index of the subject's last token)."""
+    text = chat_prompt(lm, request.text).body
+    question = lm.plain(request.text)
+    start = text.rfind(question)
+    if start < 0:  # the template changed the question's text: no subject position to trust
+        raise ValueError(f"edit {request.edit_id}: the chat template does not keep the question's text; "
+                         "consolidate with chat_form=False")
+    ids = lm.prompt_ids(text)
+    end = start + request.prompt.index("{}") + len(request.subject)
+    last = len(lm.prompt_ids(text[:end])) - 1
+    return ids, min(max(last, 0), len(ids) - 1)
+
+
+@dataclass(frozen=True)
+class Form:
+    """One text an edit is written under: its token ``ids``, the subject's ``last`` token
+    there, and the ``target`` ids that continue it."""
+
+    ids: list[int]
+    last: int
+    target: list[int]
+
+
+def forms(lm: LanguageModel, request: Request, contexts: Sequence[str] = CONTEXTS, chat: bool = True) -> list[Form]:
+    """The cloze prompt under each of ``contexts``, then (``chat``) the chat question, whose
+    reply starts with the target (no leading space)."""
+    target = encode(lm, request.continuation)
+    out = [Form(*subject_tokens(lm, context, request), target) for context in contexts]
+    if chat:
+        out.append(Form(*chat_tokens(lm, request), encode(lm, request.target)))
+    return out
+
+
 def essence_tokens(lm: LanguageModel, request: Request) -> tuple[list[int], int]:
     """(ids of ``"<subject> is a"``, index of the subject's last token)."""
     essence = Request(request.edit_id, ESSENCE, request.subject, request.target)
@@ -100,15 +143,15 @@ def run_until(lm: LanguageModel, ids: torch.Tensor, mask: torch.Tensor, module: 
 
 
 def at_subject(lm: LanguageModel, requests: Sequence[Request], module: torch.nn.Module, which: str,
-               contexts: Sequence[str] = CONTEXTS, batch_size: int = 16) -> torch.Tensor:
+               contexts: Sequence[str] = CONTEXTS, chat: bool = False, batch_size: int = 16) -> torch.Tensor:
     """The module's ``which`` ("input" or "output") at each request's subject's last token,
-    averaged over ``contexts``: one row per request (float32)."""
+    averaged over its :func:`forms` (``contexts``, and the chat question when ``chat``):
+    one row per request (float32)."""
     rows, where = [], []
     for request in requests:
-        for context in contexts:
-            ids, last = subject_tokens(lm, context, request)
-            rows.append(ids)
-            where.append(last)
+        for form in forms(lm, request, contexts, chat):
+            rows.append(form.ids)
+            where.append(form.last)
     reader = hooks.read_input if which == "input" else hooks.read_output
     picked = []
     with torch.no_grad():
@@ -119,4 +162,4 @@ def at_subject(lm: LanguageModel, requests: Sequence[Request], module: torch.nn.
                 run_until(lm, ids, mask, module)
             states = seen[0]
             picked.append(states[torch.arange(len(chunk)), torch.tensor(where[start:start + batch_size])].float())
-    return torch.cat(picked).view(len(requests), len(contexts), -1).mean(1)
+    return torch.cat(picked).view(len(requests), len(contexts) + int(chat), -1).mean(1)

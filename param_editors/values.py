@@ -1,7 +1,8 @@
 """The value an edit needs: a vector added at one module's output, at the subject's last
 token, optimised so the model writes the target (shared by ROME and MEMIT).
 
-The loss is the target's negative log-likelihood under each context prefix, plus a KL
+The loss is the target's negative log-likelihood after each of the edit's forms (the cloze
+prompt under each context prefix, and the chat question), plus a KL
 term that keeps the model's reading of ``"<subject> is a"`` where it was, plus a weight
 decay on the vector's size; the vector's norm is clamped to a multiple of the original
 hidden state's. The model's weights are frozen: only the vectors are trained. Several
@@ -21,7 +22,7 @@ from memedit.hooks import read_output
 from memedit.layout import output_logits
 from memedit.models import LanguageModel
 
-from .tracing import CONTEXTS, Request, add_to_output, encode, essence_tokens, pad, subject_tokens
+from .tracing import Request, add_to_output, encode, essence_tokens, forms, pad
 
 EDITS_PER_BATCH = 8
 
@@ -29,10 +30,12 @@ EDITS_PER_BATCH = 8
 @dataclass(frozen=True)
 class ValueSettings:
     """``steps`` and ``lr`` of the Adam loop (an edit stops once its target's loss is under
-    ``stop_loss``); ``kl_factor``, ``weight_decay`` and ``clamp_norm`` as in the module docstring."""
+    ``stop_loss``); ``chat_form``: whether the chat question is one of the edit's forms (see
+    ``tracing.forms``); ``kl_factor``, ``weight_decay`` and ``clamp_norm`` as in the module docstring."""
 
     steps: int = 25
     lr: float = 0.5
+    chat_form: bool = True  # train (and key) on the chat question too, not only the cloze prompt
     stop_loss: float = 0.05
     kl_factor: float = 0.0625
     weight_decay: float = 0.5
@@ -59,16 +62,14 @@ class _Rows:
     targets: list[tuple[int, torch.Tensor] | None]  # (first predicting position, target ids), None for essence rows
 
 
-def _rows(lm: LanguageModel, requests: Sequence[Request]) -> _Rows:
+def _rows(lm: LanguageModel, requests: Sequence[Request], chat: bool) -> _Rows:
     ids, owner, where, targets = [], [], [], []
     for i, request in enumerate(requests):
-        target = encode(lm, request.continuation)
-        for context in CONTEXTS:
-            prompt, last = subject_tokens(lm, context, request)
-            ids.append(prompt + target[:-1])
+        for form in forms(lm, request, chat=chat):
+            ids.append(form.ids + form.target[:-1])
             owner.append(i)
-            where.append(last)
-            targets.append((len(prompt) - 1, torch.tensor(target, device=lm.device)))
+            where.append(form.last)
+            targets.append((len(form.ids) - 1, torch.tensor(form.target, device=lm.device)))
         essence, last = essence_tokens(lm, request)
         ids.append(essence)
         owner.append(i)
@@ -137,7 +138,7 @@ def _losses(logits: torch.Tensor, rows: _Rows, picked: list[int], reference: dic
 
 def _optimize_group(lm: LanguageModel, requests: Sequence[Request], module: torch.nn.Module,
                     settings: ValueSettings) -> list[Value]:
-    rows = _rows(lm, requests)
+    rows = _rows(lm, requests, settings.chat_form)
     n = len(requests)
     with torch.no_grad(), read_output(module) as seen:
         logits = lm.model(input_ids=rows.ids, attention_mask=rows.mask, use_cache=False).logits

@@ -18,6 +18,8 @@ from memedit.eval.knowedit import load_knowedit
 from memedit.param_editors import key_covariance, stats
 from memedit.param_editors.consolidate import LOCALITY_PROMPTS
 from memedit.param_editors.deltas import tensor_sha256
+from memedit.param_editors.tracing import Request, chat_prompt, forms
+from memedit.edited_model import make_router
 
 from memedit import EditedModel, Memory
 from memedit.cli import main
@@ -66,7 +68,8 @@ def rome_batch(lm, embedder, tmp_path_factory):
     model = fresh(lm)
     before = {"hashes": hashes(model), "answer": greedy(model, EDIT["prompt"].format(EDIT["subject"])),
               "unrelated": [greedy(model, p) for p in UNRELATED],
-              "confident": [p for p in UNRELATED if margin(model, p) >= 1.0]}
+              "confident": [p for p in UNRELATED if margin(model, p) >= 1.0],
+              "chat": model.generate(chat_prompt(model, EDIT["prompt"].format(EDIT["subject"])), max_new_tokens=4)}
     report = memory.consolidate(model, method="rome", stats_tokens=STATS_TOKENS)
     yield memory, model, edit, report, before
     memory.close()
@@ -81,6 +84,52 @@ def test_rome_edit_changes_its_prompts_greedy_answer(rome_batch):
     assert memory.get(edit.id).status == "consolidated"
     # It left the retrieval path: search no longer returns it.
     assert all(hit.edit.id != edit.id for hit in memory.search("Where is the Eiffel Tower?", k=5))
+
+
+def test_rome_edit_is_answered_through_the_chat_path_once_it_leaves_retrieval(rome_batch):
+    memory, model, edit, report, before = rome_batch
+    question = EDIT["prompt"].format(EDIT["subject"])
+    assert not before["chat"].startswith("Rome")
+    assert chat_prompt(model, question) == make_router("serac", model, memory).base_prompt(question)
+    assert report.outcomes[0].chat_reliability == 1.0 and report.outcomes[0].reliability == 1.0
+    # The edit is off the retrieval path, so EditedModel answers it with the weights alone.
+    answer = EditedModel(model, memory, router="serac", max_new_tokens=6).ask(question)
+    assert answer.route == "base" and answer.text.startswith("Rome")
+
+
+def test_an_edit_whose_chat_question_fails_stays_on_the_retrieval_path(lm, open_memory, db_path, monkeypatch):
+    import importlib
+
+    consolidation = importlib.import_module("memedit.param_editors.consolidate")  # the module, not the function
+
+    memory = open_memory(db_path)
+    good = memory.add(**EDIT)
+    bad = memory.add(subject="Halden Rovers", prompt="The home city of {} is", target="Oskarvik")
+    model = fresh(lm)
+    verdicts = {good.id: (1.0, 1.0), bad.id: (1.0, 0.5)}
+    monkeypatch.setattr(consolidation, "reliability", lambda lm, request: verdicts[request.edit_id])
+    report = memory.consolidate(model, method="rome", stats_tokens=STATS_TOKENS, steps=2)
+    assert report.committed and report.consolidated == [good.id] and report.kept == [bad.id]
+    kept = next(o for o in report.outcomes if o.edit_id == bad.id)
+    assert "chat question" in kept.reason and "cloze" not in kept.reason
+    assert (kept.reliability, kept.chat_reliability) == (1.0, 0.5)
+    assert memory.get(bad.id).status == "active" and memory.get(good.id).status == "consolidated"
+    memory.revert(report.batch, model)
+
+
+@pytest.mark.parametrize("edit", [EDIT, dict(subject="Marisol Quenby's", prompt="Where {} office is, is", target="Lisbon"),
+                                  dict(subject="Zürich", prompt="{} is a city in", target="Switzerland")])
+def test_every_form_of_an_edit_ends_its_subject_where_the_value_goes(lm, edit):
+    request = Request("e1", edit["prompt"], edit["subject"], edit["target"])
+    found = forms(lm, request)
+    assert len(found) == 4  # three cloze contexts and the chat question
+    for form in found:
+        assert lm.tokenizer.decode(form.ids[:form.last + 1]).endswith(edit["subject"])
+    chat = found[-1]
+    assert chat.ids == lm.prompt_ids(chat_prompt(lm, request.text))
+    assert lm.tokenizer.decode(chat.target) == edit["target"]
+    assert lm.tokenizer.decode(found[0].target) == " " + edit["target"]
+    assert len(forms(lm, request, chat=False)) == 3
 
 
 def test_rome_edit_leaves_unrelated_prompts_unchanged(rome_batch):
@@ -208,10 +257,13 @@ def test_memit_batch_of_ten_edits_mostly_succeeds(lm, open_memory, db_path):
     stored = memory.add_many([c.edit for c in cases])
     model = fresh(lm)
     took_before = [model.score(e.prompt.format(e.subject), " " + e.target).token_accuracy == 1.0 for e in stored]
-    report = memory.consolidate(model, method="memit", stats_tokens=STATS_TOKENS)
+    report = memory.consolidate(model, method="memit", stats_tokens=STATS_TOKENS, steps=40)
     assert report.committed
-    assert len(report.consolidated) >= 7, report.lines()
+    # The cloze form takes for most edits; the chat form, on SmolLM2 with MEMIT, for few (see the README).
+    assert sum(o.reliability == 1.0 for o in report.outcomes) >= 7, report.lines()
     assert sum(took_before) <= 3
+    for o in report.outcomes:  # consolidated exactly when both forms give the target
+        assert (o.status == "consolidated") == (o.reliability == 1.0 and o.chat_reliability == 1.0), report.lines()
     for edit_id in report.consolidated:  # each consolidated edit really is the greedy answer now
         e = memory.get(edit_id)
         assert model.score(e.prompt.format(e.subject), " " + e.target).token_accuracy == 1.0

@@ -197,3 +197,31 @@ def _hugging_face_greedy(lm, prompt, max_new_tokens, stop):
     text = lm.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
     cuts = [i for i in (text.find(s) for s in stop) if i >= 0]
     return (text[:min(cuts)] if cuts else text).strip()
+
+
+def test_a_fresh_model_is_a_separate_copy_with_the_base_weights(lm):
+    import torch
+
+    from memedit.models import load_model
+
+    assert load_model("smollm2-135m") is lm  # the default call: the cached object
+    weight = dict(lm.model.named_parameters())["model.layers.0.mlp.down_proj.weight"]
+    original = weight.detach().clone()
+    try:
+        with torch.no_grad():
+            weight.add_(1.0)  # as if the cached model had been consolidated
+        fresh = load_model("smollm2-135m", fresh=True)
+    finally:
+        with torch.no_grad():
+            weight.copy_(original)
+    assert fresh is not lm and fresh.model is not lm.model and load_model("smollm2-135m") is lm
+    mine = dict(fresh.model.named_parameters())
+    assert torch.equal(mine["model.layers.0.mlp.down_proj.weight"], original)  # the base, not the cached object's
+    shared = {p.data_ptr() for p in lm.model.parameters()}
+    assert not shared & {p.data_ptr() for p in fresh.model.parameters()}
+    with torch.no_grad():
+        mine["model.layers.0.mlp.down_proj.weight"][0, 0] += 5.0
+    assert torch.equal(weight, original)
+    assert load_model("smollm2-135m", fresh=True).model is not fresh.model
+    with pytest.raises(TypeError, match="fresh must be True or False"):
+        load_model("smollm2-135m", fresh="yes")
