@@ -54,7 +54,8 @@ def cmd_consolidate(memory, args: argparse.Namespace) -> int:
             print(f"reverted {args.revert}: {len(back)} edits back on the retrieval path")
         return 0
     policy = _policy(args)
-    if policy is not None and not select(memory, policy):
+    edits = args.edits if policy is None else select(memory, policy)
+    if policy is not None and not edits:
         report = nothing_matched(policy, args.method)  # no model to load
     else:
         from memedit.models import load_model
@@ -62,7 +63,7 @@ def cmd_consolidate(memory, args: argparse.Namespace) -> int:
         model = load_model(args.model)
         memory.apply_consolidated(model)
         report = memory.consolidate(
-            model, method=args.method, edits=args.edits, policy=policy, verify=not args.no_verify, progress=not args.json,
+            model, method=args.method, edits=edits, verify=not args.no_verify, progress=not args.json,
             max_locality_loss=MAX_LOCALITY_LOSS if args.max_locality_loss is None else args.max_locality_loss,
             layers=args.layers, stats_tokens=args.stats_tokens)
     if args.json:
