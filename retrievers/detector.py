@@ -39,6 +39,8 @@ from memedit.files import check_sha256
 
 from .entities import (KINDS, answer_clash, Mention, find_mention, fold, mask, mask_prompt, mentions_text, name_likeness, name_tokens,
                        tokens)
+from .relations import FEATURES as BANK_FEATURES
+from .relations import RelationBank, bank_features, bank_from_arrays
 
 HEAD_DIR = Path(__file__).parent / "data"
 HEAD_FILE = "scope_head.safetensors"
@@ -48,8 +50,13 @@ TRAIN_COMMAND = "memedit scope train"
 # it is in scope when its statement's MiniLM cosine to the question reaches the F1-max
 # threshold calibrated on KnowEdit training pairs (bench/scope.py, the embedding classifier).
 FREE_TEXT_COSINE = 0.701
+# A triple edit whose subject and target the question does not name is judged the same way,
+# on a higher bar: its statement is specific, and a question that shares its relation about
+# a neighbouring entity ("Which continent is England in?" for "The United Kingdom is in
+# Oceania") comes close to 0.701.
+UNNAMED_COSINE = 0.8
 SCALARS = ("relation", "answer", "clash", "statement", "prompt", *(f"mention_{k}" for k in ("none", *KINDS)), "coverage", "typos", "name_likeness",
-           "target_named", "free_text", "question_length")
+           "target_named", "free_text", "question_length", *BANK_FEATURES)
 
 
 @dataclass
@@ -110,13 +117,14 @@ class Decision:
 
 class Head:
     """An MLP (one hidden layer, ReLU) from a pair's features (the ``columns`` it reads, when
-    given) to a logit, in numpy."""
+    given) to a logit, in numpy; ``bank`` is the relation bank saved with it."""
 
     def __init__(self, weights: dict[str, np.ndarray]) -> None:
         self.w1, self.b1 = weights["w1"].astype(np.float32), weights["b1"].astype(np.float32)
         self.w2, self.b2 = weights["w2"].astype(np.float32), weights["b2"].astype(np.float32)
         self.mean, self.std = weights["mean"].astype(np.float32), weights["std"].astype(np.float32)
         self.columns = weights["columns"].astype(np.int64) if "columns" in weights else None
+        self.bank: RelationBank | None = bank_from_arrays(weights)
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         if self.columns is not None:
@@ -168,6 +176,7 @@ class EditScope:
             head, meta = load_head(folder)
         self.head, self.meta = head, dict(meta or {})
         self.threshold = float(threshold if threshold is not None else self.meta.get("threshold", 0.5))
+        self.bank_holdout: float | None = None  # training only: see RelationBank.scores
         self._embedder = embedder
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
@@ -220,15 +229,18 @@ class EditScope:
         features, reasons = self.features(question, edits, names)
         scores = self.head.probabilities(features)
         for i, edit in enumerate(edits):
-            if edit.subject is None:  # no entity to match: the statement's cosine decides
-                scores[i] = self.free_text_score(reasons[i]["relation_score"])
+            if not head_judges(features[i]):  # nothing of the edit named: the statement's cosine decides
+                bar = FREE_TEXT_COSINE if edit.subject is None else UNNAMED_COSINE
+                scores[i] = self.free_text_score(reasons[i].pop("statement_cosine"), bar)
+            else:
+                reasons[i].pop("statement_cosine")
         return [Verdict(e, float(s), bool(s >= self.threshold), r) for e, s, r in zip(edits, scores, reasons)]
 
-    def free_text_score(self, cosine: float) -> float:
-        """A free-text edit's score: its statement's cosine to the question, mapped so that
-        ``FREE_TEXT_COSINE`` lands on the threshold and 1.0 on 1.0."""
+    def free_text_score(self, cosine: float, bar: float = FREE_TEXT_COSINE) -> float:
+        """A score from a statement's cosine to the question, mapped so that ``bar`` lands on
+        the threshold and 1.0 on 1.0."""
         t = self.threshold
-        return float(np.clip(t + (cosine - FREE_TEXT_COSINE) * (1 - t) / (1 - FREE_TEXT_COSINE), 0.0, 1.0))
+        return float(np.clip(t + (cosine - bar) * (1 - t) / (1 - bar), 0.0, 1.0))
 
     def features(self, question: str, edits: Sequence[Any], names: dict[str, list[str]] | None = None
                  ) -> tuple[np.ndarray, list[dict[str, Any]]]:
@@ -238,6 +250,7 @@ class EditScope:
         q = vectors[0]
         statements = vectors[1 + 3 * len(edits):1 + 4 * len(edits)]
         answers = vectors[1 + 4 * len(edits):]
+        asked_bank, edit_bank = self._bank_scores(vectors[1:1 + 3 * len(edits)])
         rows, reasons = [], []
         length = np.log1p(len(found))
         for i, (edit, (mention, _, _, _)) in enumerate(zip(edits, plans)):
@@ -251,14 +264,31 @@ class EditScope:
                 "name_likeness": name_likeness(question, edit.prompt, edit.subject) if edit.subject else 0.0,
                 "target_named": float(bool(edit.target) and mentions_text(question, edit.target)),
                 "free_text": float(edit.subject is None), "question_length": float(length),
+                **self._bank_features(asked_bank, edit_bank, i),
             }
             rows.append(np.concatenate([asked * relation, np.array([scalars[k] for k in SCALARS], np.float32)]))
             reason: dict[str, Any] = {"entity": kind if edit.subject is not None else "free text",
-                                      "relation_score": round(scalars["relation"], 4)}
+                                      "relation_score": round(scalars["relation"], 4), "statement_cosine": scalars["statement"]}
+            if self.head.bank is not None and edit.subject is not None:
+                reason["bank_margin"] = round(scalars["bank_margin"], 4)
             if mention:
                 reason["mention"] = question[mention.start:mention.end]
             reasons.append(reason)
         return np.stack(rows).astype(np.float32), reasons
+
+    def _bank_scores(self, pair_vectors: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Per pair, the relation bank's scores of the masked question and of the edit's relation
+        text (None without a bank). ``bank_holdout`` is set while training only."""
+        bank = self.head.bank
+        if bank is None:
+            return None, None
+        return bank.scores(pair_vectors[0::3], self.bank_holdout), bank.scores(pair_vectors[1::3], self.bank_holdout)
+
+    @staticmethod
+    def _bank_features(asked: np.ndarray | None, edit: np.ndarray | None, i: int) -> dict[str, float]:
+        if asked is None or edit is None:
+            return {name: 0.0 for name in BANK_FEATURES}
+        return bank_features(asked[i], edit[i])
 
     @staticmethod
     def texts(question: str, edits: Sequence[Any], names: dict[str, list[str]] | None = None) -> tuple[list, list, list[str]]:
@@ -286,6 +316,16 @@ class EditScope:
         """Scores of labelled pairs (``ScopePair`` with ``edit``), for benchmarks."""
         self.embed(list(dict.fromkeys(t for p in pairs for t in self.texts(p.question, [p.edit])[2])))
         return np.array([self.judge(p.question, [p.edit])[0].score for p in pairs], dtype=np.float32)
+
+
+_NONE, _TARGET, _FREE = (384 + SCALARS.index(name) for name in ("mention_none", "target_named", "free_text"))
+
+
+def head_judges(row: np.ndarray) -> bool:
+    """Whether the head judges a pair (a feature row): a triple edit whose subject, or target,
+    the question names. Otherwise nothing ties the question to the edit but its words, and
+    the statement's cosine decides, as for a free-text edit."""
+    return not (row[_FREE] > 0.5 or (row[_NONE] > 0.5 and row[_TARGET] < 0.5))
 
 
 def _mask_subject(edit: Any) -> str:

@@ -146,11 +146,44 @@ def find_mention(question: str, name: str, question_tokens: list[tuple[str, int,
             best = Mention(found[i][1], found[i + n - 1][2], "fuzzy", typos=typos)
     if best is not None or n < 2:
         return best
-    return _partial(found, wanted)
+    partial = _partial(found, wanted)
+    if partial is not None and (_common_words(question, partial, name) or _inside_other_name(question, partial, wanted)):
+        return None
+    return partial
 
 
 def _lowered_capital(written: str, name: str) -> bool:
     return name[:1].isupper() and written[:1].islower()
+
+
+_CAPITALISED_WORD = re.compile(r"(?<=[\s(\"'])[^\W\d_]*[A-Z]")
+
+
+def _common_words(question: str, mention: Mention, name: str) -> bool:
+    """Whether a partial mention is only common words: written in lower case where the name
+    is capitalised, in a question that capitalises names elsewhere ("Which university did
+    Corvin Aldermast go to?" does not name "Meridale University")."""
+    written = question[mention.start:mention.end]
+    if written != written.lower() or name == name.lower():
+        return False
+    rest = question[:mention.start] + " " + question[mention.end:]
+    return bool(_CAPITALISED_WORD.search(rest))
+
+
+_WORD = re.compile(r"[^\W_]+")
+
+
+def _inside_other_name(question: str, mention: Mention, wanted: tuple[str, ...]) -> bool:
+    """Whether a partial mention is part of another capitalised name: the word right before
+    or after it is capitalised and not the name's ("King" in "Martin Luther King Jr." is
+    not "Stephen King"; "John" in "John Legend" is not "Elton John")."""
+    before = _WORD.findall(question[:mention.start])
+    after = _WORD.findall(question[mention.end:])
+    neighbours = ([before[-1]] if len(before) > 1 else []) + after[:1]  # the question's first word is capitalised anyway
+    return any(w[:1].isupper() and fold(w) not in wanted and fold(w) not in _TITLES for w in neighbours)
+
+
+_TITLES = frozenset("dr mr mrs ms miss prof professor sir dame lady lord".split())
 
 
 def _partial(found: list[tuple[str, int, int]], wanted: tuple[str, ...]) -> Mention | None:

@@ -38,8 +38,9 @@ from memedit.embeddings import DEFAULT_EMBEDDER, MINILM_SHA256, minilm_path
 from memedit.files import sha256_file, write_atomic
 from memedit.model_files import DATA_ENV, data_dir
 
-from .detector import HEAD_FILE, HEAD_META, SCALARS, EditScope, Head
+from .detector import HEAD_FILE, HEAD_META, SCALARS, EditScope, Head, head_judges
 from .entities import find_mention
+from .relations import RelationBank, bank_arrays
 from .scope import DEFAULT_MAX_LENGTH, FORMAT_VERSION, CrossEncoderScope, ScopePair, _load_model
 from .scope_pairs import best_threshold, scope_metrics, scope_pairs, split_by_statement
 
@@ -51,6 +52,9 @@ HIDDEN = 32
 # template pairs, the product gives fewer false hits on both; without them, it overfits KnowEdit.
 RELATION_VECTOR = True
 TEMPLATE_ROUNDS = 3  # the template pairs are drawn three times (other names, other negatives) to weigh them
+# While training and calibrating, bank rows this close to a question are ignored: a template
+# question must not find itself (or its lower-cased copy) in the bank, as a new wording never does.
+BANK_HOLDOUT = 0.97
 
 
 def knowedit_training_pairs(data: Path | None = None, cases: tuple[int, int] = TRAIN_CASES, seed: int = 0) -> list[ScopePair]:
@@ -215,13 +219,16 @@ def train(out: str | Path, pairs: Sequence[ScopePair] | None = None, embedder: A
                   "w2": np.zeros(1, np.float32), "b2": np.zeros((), np.float32),
                   "mean": np.zeros(384 + len(SCALARS), np.float32), "std": np.ones(384 + len(SCALARS), np.float32)})
     scope = EditScope(embedder, head=blank, meta={})
-    x = featurise(scope, train_pairs, progress)
-    y = np.array([p.label for p in train_pairs])
+    bank = RelationBank.build(scope.embed)
+    blank.bank = bank
+    scope.bank_holdout = BANK_HOLDOUT
+    x, y = _judged(featurise(scope, train_pairs, progress), train_pairs)
     columns = None if relation_vector else np.arange(384, 384 + len(SCALARS))
-    weights = fit_head(x, y, seed, columns=columns)
+    weights = {**fit_head(x, y, seed, columns=columns), **bank_arrays(bank)}
     scope.head = Head(weights)
-    held_scores = scope.head.probabilities(featurise(scope, held_all, progress=False))
-    labels = np.array([p.label for p in held_all])
+    held_x, labels = _judged(featurise(scope, held_all, progress=False), held_all)
+    held_scores = scope.head.probabilities(held_x)
+    scope.bank_holdout = None
     threshold = best_threshold(held_scores, labels)
     fit = scope_metrics(held_scores, labels, threshold)
     folder = Path(out).expanduser()
@@ -232,10 +239,17 @@ def train(out: str | Path, pairs: Sequence[ScopePair] | None = None, embedder: A
             "threshold": threshold, "seed": seed, "train_pairs": len(train_pairs), "calibration_pairs": len(held_all),
             "calibration": {k: round(fit[k], 4) for k in ("precision", "recall", "f1")},
             "data": ["KnowEdit ZsRE and WikiData_counterfact cases 200-799", "relation_templates.json", *sources],
+            "bank": {"relations": bank.size, "rows": len(bank.relation), "holdout": BANK_HOLDOUT},
             "seconds": round(time.perf_counter() - started, 1), "sha256": sha256_file(folder / HEAD_FILE)}
     write_atomic(folder / HEAD_META, (json.dumps(meta, indent=2) + "\n").encode())
     scope.meta, scope.threshold = meta, threshold
     return scope
+
+
+def _judged(x: np.ndarray, pairs: Sequence[ScopePair]) -> tuple[np.ndarray, np.ndarray]:
+    """The rows (and labels) of the pairs the head judges (see ``detector.head_judges``)."""
+    keep = np.array([head_judges(row) for row in x], dtype=bool)
+    return x[keep], np.array([p.label for p in pairs])[keep]
 
 
 # ---------------------------------------------------------------- the cross-encoder

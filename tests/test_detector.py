@@ -6,12 +6,14 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from memedit.errors import ModelPackageError
 from memedit.eval.scope_eval import evaluate_scope, load_scope_questions
 from memedit.retrievers.detector import HEAD_DIR, EditScope, ScopeDetector, load_head
 from memedit.retrievers.entities import answer_clash, find_mention, mask, name_likeness
+from memedit.retrievers.relations import RelationBank, bank_features, bank_texts
 
 NATURAL = Path(__file__).parent / "data" / "natural_scope.jsonl"
 
@@ -29,6 +31,7 @@ NATURAL = Path(__file__).parent / "data" / "natural_scope.jsonl"
     ("The occupation of Emily Jones is", "Emily I Jones", "partial"),
     ("The position held by Ken Diston Lipenga is", "Ken Lipenga", "partial"),
     ("where does will work", "Will", "weak"),
+    ("which university is meridale in", "Meridale University", "partial"),  # all lower case: still the name
 ])
 def test_a_name_is_found_in_the_ways_people_write_it(question, name, kind):
     mention = find_mention(question, name)
@@ -41,6 +44,7 @@ def test_a_name_is_found_in_the_ways_people_write_it(question, name, kind):
     ("Who employs Marisol Quenby?", "Marisol Quimby-Lee"),
     ("Where was Anna born?", "A"),                        # a one-letter subject is a whole, capital token
     ("Where is Tavin?", "Tavn"),                          # no typos in names under five letters
+    ("Which university did Corvin Aldermast go to?", "Meridale University"),  # a common noun, not the name
 ])
 def test_other_names_are_not_found(question, name):
     assert find_mention(question, name) is None
@@ -57,6 +61,54 @@ def test_the_kind_of_answer_asked_for_must_fit_the_target():
     assert answer_clash("Where was Tamsin Heatherby born?", "1999") == 1.0
     assert answer_clash("When was Quillmark founded?", "2009") == 0.0
     assert answer_clash("Where does Marisol Quenby work?", "the Lisbon Botanical Institute") == 0.0
+
+
+# ---------------------------------------------------------------- the relation bank
+
+
+def test_the_bank_scores_each_relation_by_its_closest_row_and_can_hold_rows_out():
+    vectors = np.eye(4, dtype=np.float32)[[0, 1, 2, 3]]
+    bank = RelationBank(vectors, np.array([0, 0, 1, 2]))
+    question = np.array([0.6, 0.8, 0.0, 0.0], dtype=np.float32)
+    assert bank.size == 3
+    assert np.allclose(bank.scores(question), [[0.8, 0.0, 0.0]])
+    assert np.allclose(bank.scores(question, holdout=0.7), [[0.6, 0.0, 0.0]])  # the 0.8 row is "itself"
+    features = bank_features(bank.scores(question)[0], bank.scores(np.eye(4, dtype=np.float32)[2])[0])
+    assert features["bank_fit"] == pytest.approx(1.0) and features["bank_own"] == pytest.approx(0.0)
+    assert features["bank_margin"] == pytest.approx(-0.8) and features["bank_agree"] < 0.01
+    with pytest.raises(ValueError, match="grouped by relation"):
+        RelationBank(vectors, np.array([0, 1, 0, 2]))
+
+
+def test_the_shipped_bank_is_the_templates_embedded(embedder):
+    texts, relation = bank_texts()
+    bank = load_head()[0].bank
+    assert bank is not None and len(bank.relation) == len(texts) and (bank.relation == relation).all()
+    fresh = embedder.encode(texts[:20])
+    assert np.allclose(bank.vectors[:20], fresh, atol=2e-3)  # stored in float16
+
+
+def test_a_question_in_other_words_than_the_edit_finds_its_relation_through_the_bank(open_memory, db_path, scope):
+    memory = open_memory(db_path)
+    ceo = memory.add(subject="Quillmark Systems", prompt="The CEO of {} is", target="Ottilie Brask")
+    memory.add(subject="Quillmark Systems", prompt="{} is headquartered in", target="Wexbury")
+    memory.add(subject="Quillmark Systems", prompt="{} was founded in the year", target="2009")
+    detector = ScopeDetector(memory, scope)
+    decision = detector.decide("Who runs Quillmark Systems these days?")
+    assert decision.best is not None and decision.best.id == ceo.id
+    assert decision.verdicts[0].reason["bank_margin"] > 0
+    assert detector.decide("Who owns the most shares in Quillmark Systems?").best is None
+
+
+def test_an_edit_the_question_does_not_name_is_judged_on_its_statement(open_memory, db_path, scope):
+    memory = open_memory(db_path)
+    memory.add(subject="Wrenfield Observatory", prompt="{} is located on", target="Mount Calderhay")
+    memory.add(subject="Cassius Ormerod", prompt="{} is a member of the political party", target="the Civic Tide Party")
+    detector = ScopeDetector(memory, scope)
+    for question in ("What is the tallest mountain in the world?", "Which record label does the Orlen Quartet record for?"):
+        decision = detector.decide(question)
+        assert decision.best is None
+        assert all(v.reason["entity"] == "none" and v.score < scope.threshold for v in decision.verdicts)
 
 
 # ---------------------------------------------------------------- the shipped head
