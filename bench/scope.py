@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     n = next(iter(results["detectors"].values()))["natural"]
     print(f"\nPeople's wordings ({args.natural.name}: {n['edits']} edits in one memory, {n['edit_questions']} questions "
           f"about an edit, {n['other_questions']} others)")
-    print("| detector | right edit | wrong edit | missed | false hits | detector ms p50 / p95 |")
+    print("| detector | right edit | wrong edit | missed | false hits | ms on top of retrieval, p50 / p95 |")
     print("|---|---|---|---|---|---|")
     for name, r in results["detectors"].items():
         m = r["natural"]

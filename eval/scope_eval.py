@@ -12,7 +12,8 @@ A group may have no edits (its questions are about something else altogether).
 scope detector each question, as a router would: recall is the share of edit questions
 for which it picks exactly that edit, ``wrong`` another edit, ``missed`` none; the
 false-hit rate is the share of the other questions for which it picks any edit. It also
-times the detector against retrieval alone.
+times the detector's cost on top of retrieval: ``decide`` as a router calls it (the question
+embedded with its masked forms, the search, the verdicts) minus embedding and search alone.
 """
 
 from __future__ import annotations
@@ -91,13 +92,12 @@ def evaluate_scope(edits: Sequence[Edit], questions: Sequence[ScopeQuestion], cl
             detector.decide(questions[0].text) if questions else None  # warm the caches
             for question in questions:
                 started = time.perf_counter()
-                vector = memory.embedder.encode_one(question.text)
-                memory.search_vector(vector, k=k)
+                decision = detector.decide(question.text)  # as a router asks: embedding, search, judging
                 middle = time.perf_counter()
-                decision = detector.decide(question.text, vector)
+                memory.search_vector(memory.embedder.encode_one(question.text), k=k)  # retrieval alone
                 ended = time.perf_counter()
-                retrieval_ms.append(1000 * (middle - started))
-                decide_ms.append(1000 * (ended - middle))
+                retrieval_ms.append(1000 * (ended - middle))
+                decide_ms.append(1000 * ((middle - started) - (ended - middle)))
                 best = decision.best
                 if question.edit is None:
                     outcome = "quiet" if best is None else "false_hit"

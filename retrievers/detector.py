@@ -40,7 +40,7 @@ from memedit.files import check_sha256
 from .entities import (KINDS, answer_clash, Mention, find_mention, fold, mask, mask_prompt, mentions_text, name_likeness, name_tokens,
                        tokens)
 from .relations import FEATURES as BANK_FEATURES
-from .relations import RelationBank, bank_features, bank_from_arrays
+from .relations import RelationBank, bank_from_arrays, wh_word
 
 HEAD_DIR = Path(__file__).parent / "data"
 HEAD_FILE = "scope_head.safetensors"
@@ -116,12 +116,16 @@ class Decision:
 
 
 class Head:
-    """An MLP (one hidden layer, ReLU) from a pair's features (the ``columns`` it reads, when
-    given) to a logit, in numpy; ``bank`` is the relation bank saved with it."""
+    """MLPs (one hidden layer, ReLU) from a pair's features (the ``columns`` they read, when
+    given) to a logit, averaged over the members of the ensemble, in numpy; ``bank`` is the
+    relation bank saved with it. Weights of one member are 2-D (``w1``: features x hidden),
+    of several stacked on a first axis."""
 
     def __init__(self, weights: dict[str, np.ndarray]) -> None:
-        self.w1, self.b1 = weights["w1"].astype(np.float32), weights["b1"].astype(np.float32)
-        self.w2, self.b2 = weights["w2"].astype(np.float32), weights["b2"].astype(np.float32)
+        self.w1 = np.asarray(weights["w1"], np.float32)
+        ensemble = self.w1.ndim == 3
+        self.w1 = self.w1 if ensemble else self.w1[None]
+        self.b1, self.w2, self.b2 = (np.asarray(weights[k], np.float32).reshape(len(self.w1), -1) for k in ("b1", "w2", "b2"))
         self.mean, self.std = weights["mean"].astype(np.float32), weights["std"].astype(np.float32)
         self.columns = weights["columns"].astype(np.int64) if "columns" in weights else None
         self.bank: RelationBank | None = bank_from_arrays(weights)
@@ -129,8 +133,8 @@ class Head:
     def logits(self, x: np.ndarray) -> np.ndarray:
         if self.columns is not None:
             x = x[:, self.columns]
-        hidden = np.maximum(((x - self.mean) / self.std) @ self.w1 + self.b1, 0.0)
-        return hidden @ self.w2 + self.b2
+        hidden = np.maximum(np.einsum("bd,ndh->nbh", (x - self.mean) / self.std, self.w1) + self.b1[:, None, :], 0.0)
+        return (np.einsum("nbh,nh->nb", hidden, self.w2) + self.b2).mean(0)
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-np.clip(self.logits(x), -30, 30)))
@@ -251,6 +255,7 @@ class EditScope:
         statements = vectors[1 + 3 * len(edits):1 + 4 * len(edits)]
         answers = vectors[1 + 4 * len(edits):]
         asked_bank, edit_bank = self._bank_scores(vectors[1:1 + 3 * len(edits)])
+        wh = wh_word(question)
         rows, reasons = [], []
         length = np.log1p(len(found))
         for i, (edit, (mention, _, _, _)) in enumerate(zip(edits, plans)):
@@ -264,7 +269,7 @@ class EditScope:
                 "name_likeness": name_likeness(question, edit.prompt, edit.subject) if edit.subject else 0.0,
                 "target_named": float(bool(edit.target) and mentions_text(question, edit.target)),
                 "free_text": float(edit.subject is None), "question_length": float(length),
-                **self._bank_features(asked_bank, edit_bank, i),
+                **self._bank_features(asked_bank, edit_bank, i, wh),
             }
             rows.append(np.concatenate([asked * relation, np.array([scalars[k] for k in SCALARS], np.float32)]))
             reason: dict[str, Any] = {"entity": kind if edit.subject is not None else "free text",
@@ -284,11 +289,10 @@ class EditScope:
             return None, None
         return bank.scores(pair_vectors[0::3], self.bank_holdout), bank.scores(pair_vectors[1::3], self.bank_holdout)
 
-    @staticmethod
-    def _bank_features(asked: np.ndarray | None, edit: np.ndarray | None, i: int) -> dict[str, float]:
-        if asked is None or edit is None:
+    def _bank_features(self, asked: np.ndarray | None, edit: np.ndarray | None, i: int, wh: int | None) -> dict[str, float]:
+        if self.head.bank is None or asked is None or edit is None:
             return {name: 0.0 for name in BANK_FEATURES}
-        return bank_features(asked[i], edit[i])
+        return self.head.bank.features(asked[i], edit[i], wh)
 
     @staticmethod
     def texts(question: str, edits: Sequence[Any], names: dict[str, list[str]] | None = None) -> tuple[list, list, list[str]]:

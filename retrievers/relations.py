@@ -6,13 +6,14 @@ The bank is every cloze prompt and question of ``data/relation_templates.json`` 
 for this project, about invented entities) with the entity masked out, embedded once with
 the detector's MiniLM. The vectors travel inside the detector's head file, so a question
 never waits for them. For a masked question (or an edit's masked prompt) :meth:`RelationBank.scores`
-gives, per relation, the best cosine to that relation's rows; :func:`bank_features` turns
-the question's and the edit's scores into the head's relation features.
+gives, per relation, the best cosine to that relation's rows; :meth:`RelationBank.features`
+turns the question's and the edit's scores into the head's relation features.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -21,36 +22,58 @@ import numpy as np
 from .entities import mask_prompt
 
 TEMPLATES = Path(__file__).parent / "data" / "relation_templates.json"
-FEATURES = ("bank_own", "bank_margin", "bank_agree", "bank_fit")
+FEATURES = ("bank_own", "bank_margin", "bank_agree", "bank_fit", "bank_wh", "wh_asked")
 TEMPERATURE = 0.05  # softmax temperature over relations for the agreement feature
+WH_WORDS = ("who", "where", "when", "what", "which", "how")
+_WH = re.compile(r"\b(who|whom|whose|where|when|what|which|how)\b", re.IGNORECASE)
 
 
-def bank_texts(path: str | Path = TEMPLATES) -> tuple[list[str], np.ndarray]:
-    """(every masked prompt and question of the templates, grouped by relation; each row's relation number)."""
+def wh_word(text: str) -> int | None:
+    """The index in ``WH_WORDS`` of the first question word of ``text`` (whom, whose: who), or None."""
+    match = _WH.search(text)
+    if match is None:
+        return None
+    word = match.group(1).lower()
+    return WH_WORDS.index("who" if word in ("whom", "whose") else word)
+
+
+def bank_texts(path: str | Path = TEMPLATES) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(every masked prompt and question of the templates, grouped by relation; each row's
+    relation number; per relation, the share of its questions that use each of ``WH_WORDS``)."""
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     texts: list[str] = []
     relation: list[int] = []
+    wh = np.zeros((len(data["relations"]), len(WH_WORDS)), dtype=np.float32)
     for number, entry in enumerate(data["relations"]):
         rows = list(dict.fromkeys(mask_prompt(t) for t in [*entry["prompts"], *entry["questions"]]))
         texts += rows
         relation += [number] * len(rows)
-    return texts, np.array(relation, dtype=np.int64)
+        for question in entry["questions"]:
+            word = wh_word(question)
+            if word is not None:
+                wh[number, word] += 1
+        wh[number] /= max(wh[number].sum(), 1.0)
+    return texts, np.array(relation, dtype=np.int64), wh
 
 
 class RelationBank:
-    """Embedded template rows (``vectors``, unit length) and the relation of each (``relation``, grouped)."""
+    """Embedded template rows (``vectors``, unit length), the relation of each (``relation``,
+    grouped), and per relation the share of its questions asked with each of ``WH_WORDS`` (``wh``)."""
 
-    def __init__(self, vectors: np.ndarray, relation: np.ndarray) -> None:
+    def __init__(self, vectors: np.ndarray, relation: np.ndarray, wh: np.ndarray | None = None) -> None:
         if len(vectors) != len(relation) or len(relation) == 0 or np.any(np.diff(relation) < 0):
             raise ValueError("a relation bank needs one relation number per row, rows grouped by relation")
         self.vectors = np.asarray(vectors, dtype=np.float32)
         self.relation = np.asarray(relation, dtype=np.int64)
         self._starts = np.flatnonzero(np.r_[True, np.diff(self.relation) != 0])
+        self.wh = np.zeros((self.size, len(WH_WORDS)), np.float32) if wh is None else np.asarray(wh, dtype=np.float32)
+        if self.wh.shape != (self.size, len(WH_WORDS)):
+            raise ValueError(f"wh must have one row of {len(WH_WORDS)} shares per relation")
 
     @classmethod
     def build(cls, embed: Callable[[Sequence[str]], np.ndarray], path: str | Path = TEMPLATES) -> "RelationBank":
-        texts, relation = bank_texts(path)
-        return cls(embed(texts), relation)
+        texts, relation, wh = bank_texts(path)
+        return cls(embed(texts), relation, wh)
 
     @property
     def size(self) -> int:
@@ -66,17 +89,19 @@ class RelationBank:
             sims = np.where(sims >= holdout, -1.0, sims)
         return np.maximum.reduceat(sims, self._starts, axis=1)
 
-
-def bank_features(question: np.ndarray, edit: np.ndarray) -> dict[str, float]:
-    """The head's relation features from a masked question's and an edit's per-relation scores:
-    how well the question fits the edit's relation (``bank_own``), by how much more than any
-    other relation (``bank_margin``), how much their soft relation choices agree
-    (``bank_agree``), and how well the edit's relation is known to the bank (``bank_fit``)."""
-    own = int(np.argmax(edit))
-    others = np.delete(question, own)
-    agree = float(_softmax(question / TEMPERATURE) @ _softmax(edit / TEMPERATURE))
-    return {"bank_own": float(question[own]), "bank_margin": float(question[own] - others.max()),
-            "bank_agree": agree, "bank_fit": float(edit[own])}
+    def features(self, question: np.ndarray, edit: np.ndarray, wh: int | None) -> dict[str, float]:
+        """The head's relation features from a masked question's and an edit's per-relation
+        scores and the question's question word: how well the question fits the edit's relation
+        (``bank_own``), by how much more than any other relation (``bank_margin``), how much
+        their soft relation choices agree (``bank_agree``), how well the edit's relation is known
+        to the bank (``bank_fit``), and how often that relation is asked with the question's
+        word (``bank_wh``: "Who invented X?" is never how a place of origin is asked for)."""
+        own = int(np.argmax(edit))
+        others = np.delete(question, own)
+        agree = float(_softmax(question / TEMPERATURE) @ _softmax(edit / TEMPERATURE))
+        return {"bank_own": float(question[own]), "bank_margin": float(question[own] - others.max()),
+                "bank_agree": agree, "bank_fit": float(edit[own]),
+                "bank_wh": float(self.wh[own, wh]) if wh is not None else 0.0, "wh_asked": float(wh is not None)}
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -86,11 +111,11 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 def bank_arrays(bank: RelationBank) -> dict[str, Any]:
     """The bank as arrays to save beside the head's weights."""
-    return {"bank_vectors": bank.vectors.astype(np.float16), "bank_relation": bank.relation}
+    return {"bank_vectors": bank.vectors.astype(np.float16), "bank_relation": bank.relation, "bank_wh": bank.wh}
 
 
 def bank_from_arrays(weights: dict[str, np.ndarray]) -> RelationBank | None:
     """The bank saved with a head, or None when the head has none."""
     if "bank_vectors" not in weights:
         return None
-    return RelationBank(weights["bank_vectors"].astype(np.float32), weights["bank_relation"])
+    return RelationBank(weights["bank_vectors"].astype(np.float32), weights["bank_relation"], weights.get("bank_wh"))

@@ -80,8 +80,8 @@ def cmd_scope(args: argparse.Namespace) -> int:
     print(f"  {result['edit_questions']} questions about an edit: right {100 * result['recall']:.1f} %, "
           f"wrong edit {100 * result['wrong_edit']:.1f} %, missed {100 * result['missed']:.1f} %")
     print(f"  {result['other_questions']} other questions: false hits {100 * result['false_hit_rate']:.1f} %")
-    print(f"  detector {result['detector_ms_p50']:.1f} ms p50 ({result['detector_ms_p95']:.1f} ms p95) with the question "
-          f"embedded; embedding + search {result['retrieval_ms_p50']:.1f} ms p50")
+    print(f"  detector {result['detector_ms_p50']:.1f} ms p50 ({result['detector_ms_p95']:.1f} ms p95) on top of "
+          f"embedding + search ({result['retrieval_ms_p50']:.1f} ms p50)")
     for kind, rows in result["mistakes"].items():
         for row in rows[:3]:
             print(f"  {kind}: {row['question']!r} -> {row['got']!r} (expected {row['expected']!r})", file=sys.stderr)

@@ -47,6 +47,9 @@ from .scope_pairs import best_threshold, scope_metrics, scope_pairs, split_by_st
 KNOWEDIT_FILES = {"zsre": "knowedit/ZsRE/ZsRE-test-all.json", "wiki_counterfact": "knowedit/wiki_counterfact/train_cf.json"}
 TRAIN_CASES = (200, 800)
 HIDDEN = 32
+# Members of the head's ensemble, fitted from seeds seed, seed+1, ...: their average logit
+# varies less from one training run to the next than one member's does.
+ENSEMBLE = 5
 # Whether the head reads the product of the masked question's and prompt's embeddings besides
 # the scalar features. Measured on bench/data/natural_scope.jsonl and KnowEdit pairs: with the
 # template pairs, the product gives fewer false hits on both; without them, it overfits KnowEdit.
@@ -224,7 +227,8 @@ def train(out: str | Path, pairs: Sequence[ScopePair] | None = None, embedder: A
     scope.bank_holdout = BANK_HOLDOUT
     x, y = _judged(featurise(scope, train_pairs, progress), train_pairs)
     columns = None if relation_vector else np.arange(384, 384 + len(SCALARS))
-    weights = {**fit_head(x, y, seed, columns=columns), **bank_arrays(bank)}
+    members = [fit_head(x, y, seed + i, columns=columns) for i in range(ENSEMBLE)]
+    weights = {**members[0], **{k: np.stack([m[k] for m in members]) for k in ("w1", "b1", "w2", "b2")}, **bank_arrays(bank)}
     scope.head = Head(weights)
     held_x, labels = _judged(featurise(scope, held_all, progress=False), held_all)
     held_scores = scope.head.probabilities(held_x)
@@ -235,7 +239,8 @@ def train(out: str | Path, pairs: Sequence[ScopePair] | None = None, embedder: A
     folder.mkdir(parents=True, exist_ok=True)
     (folder / HEAD_META).unlink(missing_ok=True)  # never a loadable half-written head
     save_file(weights, str(folder / HEAD_FILE))
-    meta = {"format": 1, "embedder": DEFAULT_EMBEDDER, "scalars": list(SCALARS), "hidden": HIDDEN, "relation_vector": relation_vector,
+    meta = {"format": 1, "embedder": DEFAULT_EMBEDDER, "scalars": list(SCALARS), "hidden": HIDDEN, "ensemble": ENSEMBLE,
+            "relation_vector": relation_vector,
             "threshold": threshold, "seed": seed, "train_pairs": len(train_pairs), "calibration_pairs": len(held_all),
             "calibration": {k: round(fit[k], 4) for k in ("precision", "recall", "f1")},
             "data": ["KnowEdit ZsRE and WikiData_counterfact cases 200-799", "relation_templates.json", *sources],

@@ -13,7 +13,7 @@ from memedit.errors import ModelPackageError
 from memedit.eval.scope_eval import evaluate_scope, load_scope_questions
 from memedit.retrievers.detector import HEAD_DIR, EditScope, ScopeDetector, load_head
 from memedit.retrievers.entities import answer_clash, find_mention, mask, name_likeness
-from memedit.retrievers.relations import RelationBank, bank_features, bank_texts
+from memedit.retrievers.relations import WH_WORDS, RelationBank, bank_texts, wh_word
 
 NATURAL = Path(__file__).parent / "data" / "natural_scope.jsonl"
 
@@ -68,22 +68,29 @@ def test_the_kind_of_answer_asked_for_must_fit_the_target():
 
 def test_the_bank_scores_each_relation_by_its_closest_row_and_can_hold_rows_out():
     vectors = np.eye(4, dtype=np.float32)[[0, 1, 2, 3]]
-    bank = RelationBank(vectors, np.array([0, 0, 1, 2]))
+    wh = np.zeros((3, len(WH_WORDS)), np.float32)
+    wh[1, WH_WORDS.index("where")] = 1.0  # relation 1 is only ever asked with "where"
+    bank = RelationBank(vectors, np.array([0, 0, 1, 2]), wh)
     question = np.array([0.6, 0.8, 0.0, 0.0], dtype=np.float32)
     assert bank.size == 3
     assert np.allclose(bank.scores(question), [[0.8, 0.0, 0.0]])
     assert np.allclose(bank.scores(question, holdout=0.7), [[0.6, 0.0, 0.0]])  # the 0.8 row is "itself"
-    features = bank_features(bank.scores(question)[0], bank.scores(np.eye(4, dtype=np.float32)[2])[0])
+    edit = bank.scores(np.eye(4, dtype=np.float32)[2])[0]
+    features = bank.features(bank.scores(question)[0], edit, wh_word("Who is it?"))
     assert features["bank_fit"] == pytest.approx(1.0) and features["bank_own"] == pytest.approx(0.0)
     assert features["bank_margin"] == pytest.approx(-0.8) and features["bank_agree"] < 0.01
+    assert features["bank_wh"] == 0.0 and features["wh_asked"] == 1.0
+    assert bank.features(bank.scores(question)[0], edit, wh_word("and WHERE is it"))["bank_wh"] == 1.0
+    assert bank.features(bank.scores(question)[0], edit, wh_word("The capital of X is"))["wh_asked"] == 0.0
     with pytest.raises(ValueError, match="grouped by relation"):
         RelationBank(vectors, np.array([0, 1, 0, 2]))
 
 
 def test_the_shipped_bank_is_the_templates_embedded(embedder):
-    texts, relation = bank_texts()
+    texts, relation, wh = bank_texts()
     bank = load_head()[0].bank
     assert bank is not None and len(bank.relation) == len(texts) and (bank.relation == relation).all()
+    assert np.allclose(bank.wh, wh) and np.allclose(wh.sum(1), 1.0)  # every relation is asked with some question word
     fresh = embedder.encode(texts[:20])
     assert np.allclose(bank.vectors[:20], fresh, atol=2e-3)  # stored in float16
 
