@@ -20,7 +20,7 @@ import torch
 from memedit import hooks
 from memedit.edit import Edit, fill_prompt
 from memedit.models import LanguageModel, Prompt
-from memedit.retrievers.base import ANSWER_SYSTEM
+from memedit.retrievers.base import base_prompt
 
 # "{}" is where the filled cloze prompt goes.
 CONTEXTS = ("{}", "Here is a fact. {}", "I read this in the news today. {}")
@@ -67,8 +67,8 @@ def subject_tokens(lm: LanguageModel, context: str, request: Request) -> tuple[l
 
 def chat_prompt(lm: LanguageModel, question: str) -> Prompt:
     """``question`` as the routers ask it when no edit is in scope (``Router.base_prompt``
-    without history): the system turn, then the user's turn, ready for the reply."""
-    return lm.chat([{"role": "system", "content": ANSWER_SYSTEM}, {"role": "user", "content": question}])
+    under the default system prompt, without history), ready for the reply."""
+    return base_prompt(lm, question)
 
 
 def chat_tokens(lm: LanguageModel, request: Request) -> tuple[list[int], int]:

@@ -95,6 +95,23 @@ def check_history(history: Sequence[dict[str, str]]) -> list[dict[str, str]]:
     return turns
 
 
+def chat_messages(question_text: str, system: str = ANSWER_SYSTEM, history: Sequence[dict[str, str]] = (),
+                  demos: Sequence[dict[str, str]] = ()) -> list[dict[str, str]]:
+    """The chat turns of a prompt: system (with the history's system turns), demonstrations,
+    the rest of the history, then the user's turn."""
+    history = check_history(history)
+    system = "\n\n".join([system] + [t["content"] for t in history if t["role"] == "system"])
+    return [{"role": "system", "content": system}, *demos, *[t for t in history if t["role"] != "system"],
+            {"role": "user", "content": question_text}]
+
+
+def base_prompt(model: LanguageModel, question: str, system: str = ANSWER_SYSTEM,
+                history: Sequence[dict[str, str]] = ()) -> Prompt:
+    """The prompt the unedited model answers ``question`` under: every router's out-of-scope
+    prompt, and the chat form that consolidation trains and verifies an edit on."""
+    return model.chat(chat_messages(question, system, history))
+
+
 class Router:
     """Base class: retrieval, the unedited route, refusals, and running a plan.
 
@@ -130,17 +147,13 @@ class Router:
 
     def messages(self, question_text: str, history: Sequence[dict[str, str]] = (),
                  demos: Sequence[dict[str, str]] = ()) -> list[dict[str, str]]:
-        """The chat turns of a prompt: system (with the history's system turns), demonstrations,
-        the rest of the history, then the user's turn."""
-        history = check_history(history)
-        system = "\n\n".join([self.system] + [t["content"] for t in history if t["role"] == "system"])
-        return [{"role": "system", "content": system}, *demos, *[t for t in history if t["role"] != "system"],
-                {"role": "user", "content": question_text}]
+        """The chat turns of a prompt (see :func:`chat_messages`) under this router's system prompt."""
+        return chat_messages(question_text, self.system, history, demos)
 
     def base_prompt(self, question: str, history: Sequence[dict[str, str]] = ()) -> Prompt:
         """The prompt of the unedited model: the same for every router, so out-of-scope
         answers are exactly what the model says without the memory."""
-        return self.model.chat(self.messages(question, history))
+        return base_prompt(self.model, question, self.system, history)
 
     def base_plan(self, question: str, trace: list[dict[str, Any]], history: Sequence[dict[str, str]] = ()) -> Plan:
         return Plan("base", prompt=self.base_prompt(question, history), trace=trace)
