@@ -22,13 +22,21 @@ _loaded: dict[str, "Embedder"] = {}
 
 
 class Embedder:
-    """Turns texts into L2-normalised float32 vectors. Get one with :func:`get_embedder`."""
+    """Turns texts into L2-normalised float32 vectors. Get one with :func:`get_embedder`.
+
+    A sentence-transformers model of the plain kind (transformer, mean pooling, normalise:
+    all-MiniLM-L6-v2) is run directly, tokenizer then encoder then pooling, which gives the
+    same vectors as ``SentenceTransformer.encode`` without its per-call bookkeeping (a
+    question's embedding took 13.8 ms through it and 8.1 ms directly, one thread, on a
+    loaded machine). Any other pipeline goes through ``encode``.
+    """
 
     def __init__(self, name: str, model) -> None:
         self.name = name
         self._model = model
         dimension = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
         self.dim = int(dimension())
+        self._direct = _plain_pipeline(model)
 
     def encode(self, texts: list[str], batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = False) -> np.ndarray:
         """Embed ``texts`` in batches; returns an array of shape (len(texts), dim)."""
@@ -48,12 +56,45 @@ class Embedder:
         return np.concatenate(parts)
 
     def _encode(self, texts: list[str], batch_size: int) -> np.ndarray:
-        vectors = self._model.encode(texts, batch_size=batch_size, normalize_embeddings=True,
-                                     convert_to_numpy=True, show_progress_bar=False)
-        return np.ascontiguousarray(vectors, dtype=np.float32)
+        if self._direct is None:
+            vectors = self._model.encode(texts, batch_size=batch_size, normalize_embeddings=True,
+                                         convert_to_numpy=True, show_progress_bar=False)
+            return np.ascontiguousarray(vectors, dtype=np.float32)
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))  # similar lengths together: less padding
+        for start in range(0, len(order), batch_size):
+            chosen = order[start:start + batch_size]
+            out[chosen] = self._forward([texts[i] for i in chosen])
+        return out
+
+    def _forward(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        tokenizer, encoder, max_length = self._direct
+        with torch.inference_mode():
+            batch = tokenizer([t.strip() for t in texts], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+            hidden = encoder(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(pooled, dim=-1).float().numpy()
 
     def encode_one(self, text: str) -> np.ndarray:
         return self.encode([text], batch_size=1)[0]
+
+
+def _plain_pipeline(model) -> tuple | None:
+    """(tokenizer, encoder, max length) when ``model`` is transformer + mean pooling + normalise, else None."""
+    try:
+        modules = list(model)
+        transformer, pooling = modules[0], modules[1]
+        mean = getattr(pooling, "pooling_mode", None) == "mean" or (  # sentence-transformers 5 / older releases
+            getattr(pooling, "pooling_mode_mean_tokens", False)
+            and not any(getattr(pooling, f"pooling_mode_{m}", False) for m in ("cls_token", "max_tokens", "mean_sqrt_len_tokens")))
+        plain = (len(modules) == 3 and type(modules[2]).__name__ == "Normalize" and type(pooling).__name__ == "Pooling"
+                 and mean and not getattr(transformer, "do_lower_case", False))
+        return (transformer.tokenizer, transformer.auto_model, int(transformer.max_seq_length)) if plain else None
+    except (AttributeError, IndexError, TypeError):
+        return None
 
 
 def minilm_path() -> Path:
