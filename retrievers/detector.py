@@ -26,6 +26,7 @@ import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -37,7 +38,7 @@ from memedit.embeddings import DEFAULT_EMBEDDER
 from memedit.errors import ModelPackageError
 from memedit.files import check_sha256
 
-from .entities import (KINDS, answer_clash, Mention, find_mention, fold, mask, mask_prompt, mentions_text, name_likeness, name_tokens,
+from .entities import (CACHED_LENGTH, KINDS, answer_clash, Mention, find_mention, fold, mask, mask_prompt, mentions_text, name_likeness, name_tokens,
                        tokens)
 from .relations import FEATURES as BANK_FEATURES
 from .relations import RelationBank, bank_from_arrays, wh_word
@@ -305,7 +306,7 @@ class EditScope:
             if edit.subject is None:
                 plans.append((None, question, edit.statement, edit.statement))
                 continue
-            mention = best_mention(question, found, [edit.subject, *(names or {}).get(fold(edit.subject), [])])
+            mention = mention_of(question, edit, names)
             asked = mask(question, mention) if mention else question
             plans.append((mention, asked, mask_prompt(edit.prompt), fill_prompt(edit.prompt, edit.subject)))
         texts = [question] + [t for _, asked, relation, filled in plans for t in (asked, relation, filled)]
@@ -340,7 +341,22 @@ def _mask_subject(edit: Any) -> str:
     return mask(edit.statement, mention) if mention else edit.statement
 
 
-def best_mention(question: str, found: list, names: Iterable[str]) -> Mention | None:
+def mention_of(question: str, edit: Any, names: dict[str, list[str]] | None = None) -> Mention | None:
+    """Where ``question`` names the subject of triple ``edit`` (or one of its ``names``), or None."""
+    every = (edit.subject, *(names or {}).get(fold(edit.subject), ()))
+    if len(question) > CACHED_LENGTH:
+        return best_mention(question, tokens(question), every)
+    return _best_mention(question, every)
+
+
+@lru_cache(maxsize=8192)
+def _best_mention(question: str, names: tuple[str, ...]) -> Mention | None:
+    """:func:`best_mention`, remembered: a question's candidates are matched while it is
+    embedded, judged and traced."""
+    return best_mention(question, tokens(question), names)
+
+
+def best_mention(question: str, found: Sequence, names: Iterable[str]) -> Mention | None:
     best = None
     for name in names:
         mention = find_mention(question, name, found)
@@ -487,12 +503,14 @@ class ScopeDetector:
         return self.classifier.threshold
 
     def named(self, question: str) -> list[Any]:
-        """The active triple edits whose subject the question may name (none unless ``by_name``)."""
+        """The active triple edits whose subject the question names (none unless ``by_name``):
+        the name index's guesses, each confirmed by finding the name in the question."""
         if not self.by_name:
             return []
         if self.names.refresh(self.memory) and hasattr(self.classifier, "prepare"):
             self._prepare(self.names.active)
-        return self.names.named_in(question)
+        names = self.names.names
+        return [e for e in self.names.named_in(question) if mention_of(question, e, names) is not None]
 
     def _prepare(self, edits: Sequence[Any]) -> None:
         """Cache the edit side of every active edit (free-text ones too), so that a question

@@ -58,15 +58,29 @@ def fold(text: str) -> str:
     return plain.casefold()
 
 
-def tokens(text: str) -> list[tuple[str, int, int]]:
-    """(folded token, start, end) for each token of ``text``; spans index the original text."""
+def tokens(text: str) -> tuple[tuple[str, int, int], ...]:
+    """(folded token, start, end) for each token of ``text``; spans index the original text.
+    Remembered for texts of up to ``CACHED_LENGTH`` characters: a question is matched
+    against every candidate's names."""
+    return _cached_tokens(text) if len(text) <= CACHED_LENGTH else _tokens(text)
+
+
+CACHED_LENGTH = 1000
+
+
+@lru_cache(maxsize=8192)
+def _cached_tokens(text: str) -> tuple[tuple[str, int, int], ...]:
+    return _tokens(text)
+
+
+def _tokens(text: str) -> tuple[tuple[str, int, int], ...]:
     out = []
     spans = _spans(text)
     for start, end in spans[:MAX_QUESTION_TOKENS]:
         folded = fold(text[start:end])
         for piece in _TOKEN.findall(folded):
             out.append((piece, start, end))
-    return out
+    return tuple(out)
 
 
 def _spans(text: str) -> list[tuple[int, int]]:
@@ -79,6 +93,7 @@ def _spans(text: str) -> list[tuple[int, int]]:
 
 
 @lru_cache(maxsize=65_536)
+@lru_cache(maxsize=65536)
 def name_tokens(name: str) -> tuple[str, ...]:
     return tuple(t for t, _, _ in tokens(name))
 
@@ -109,7 +124,7 @@ def typo_distance(a: str, b: str, limit: int = 1) -> int:
     return min(previous[-1], limit + 1)
 
 
-def find_mention(question: str, name: str, question_tokens: list[tuple[str, int, int]] | None = None) -> Mention | None:
+def find_mention(question: str, name: str, question_tokens: Sequence[tuple[str, int, int]] | None = None) -> Mention | None:
     """The best mention of ``name`` in ``question``, or None. ``question_tokens`` (from
     :func:`tokens`) saves tokenising the same question for many names."""
     wanted = name_tokens(name)
@@ -186,7 +201,7 @@ def _inside_other_name(question: str, mention: Mention, wanted: tuple[str, ...])
 _TITLES = frozenset("dr mr mrs ms miss prof professor sir dame lady lord".split())
 
 
-def _partial(found: list[tuple[str, int, int]], wanted: tuple[str, ...]) -> Mention | None:
+def _partial(found: Sequence[tuple[str, int, int]], wanted: tuple[str, ...]) -> Mention | None:
     """The run of question tokens of the name (with at most ``MAX_GAP`` other tokens between
     two of them) covering most of the name, if it covers at
     least half of the name's significant tokens (and one of four letters or more)."""
