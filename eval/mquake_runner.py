@@ -10,8 +10,10 @@ settings skips the finished cases (a half-written last line is dropped).
 For every case answered wrongly, :func:`classify_failure` names the first thing that went
 wrong along the chain of its first question: ``decomposition`` (the chain stopped early,
 or its sub-question missed the hop although the gold single-hop question would have found
-the edit), ``retrieval`` (not even the gold question finds the edit), ``scope`` (the
-detector saw the right edit among its candidates and rejected it), ``contradiction check``
+the edit, or the detector rejected the right edit for the sub-question but takes it for the
+gold question: the sub-question asked another relation), ``retrieval`` (not even the gold
+question finds the edit), ``scope`` (the detector saw the right edit among its candidates
+and rejected it, and rejects it for the gold question too), ``contradiction check``
 (MeLLo: the right edit was retrieved and the model kept its own answer), ``wrong edit``
 (an edit of another fact was applied), ``answer`` (the right edit was applied and the
 hop's answer is still wrong: the model did not take the fact's answer, or its
@@ -197,14 +199,16 @@ def case_steps(router, memory: Memory, case: MQuAKECase, questions: int, batch: 
         asked.append({"question": question, "answer": answer.text, "route": answer.route, "chain": chain,
                       "edits_used": [e.id for e in answer.edits_used], "trace": answer.trace})
     scores = score_case(case, [a["answer"] for a in asked], [a["chain"] or [] for a in asked])
-    failure = None if scores["correct"] else classify_failure(case, asked[0]["trace"], memory)
+    failure = None if scores["correct"] else classify_failure(case, asked[0]["trace"], memory, getattr(router, "detector", None))
     return {"case_id": case.case_id, "batch": batch, "batch_cases": batch_cases, **scores, "failure": failure,
             "new_answer": case.new_answers[0], "old_answer": case.old_answers[0] if case.old_answers else None,
             "latency_seconds": round(time.time() - started, 2), "model_calls": calls[0], "questions": asked}
 
 
-def classify_failure(case: MQuAKECase, trace: list[dict[str, Any]], memory: Memory) -> str:
-    """The first thing that went wrong along the chain (see the module's docstring)."""
+def classify_failure(case: MQuAKECase, trace: list[dict[str, Any]], memory: Memory, detector: Any = None) -> str:
+    """The first thing that went wrong along the chain (see the module's docstring);
+    ``detector``, the router's scope detector, tells a rejected edit's scope miss from a
+    sub-question that asked something else."""
     hops = [s for s in trace if s["step"] == "hop"]
     if not any(s["step"] == "chain" for s in trace):
         return "single step"
@@ -223,7 +227,8 @@ def classify_failure(case: MQuAKECase, trace: list[dict[str, Any]], memory: Memo
         if used == expected:
             return ("answer" if applied else "contradiction check") if "contradicts" in hop else ("answer" if applied else "scope")
         if any(c.get("statement") == expected for c in hop.get("candidates", [])):
-            return "scope"
+            best = detector.decide(gold.question).best if detector is not None else None
+            return "decomposition" if best is not None and best.statement == expected else "scope"
         if applied:
             return "wrong edit"
         found = memory.search(gold.question, k=1)

@@ -7,8 +7,10 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+
 from memedit.eval.knowedit import DataError
 from memedit.eval.mquake import batches, chain_matches, load_mquake, score_case
 from memedit.eval.mquake_runner import (
@@ -173,6 +175,19 @@ def test_failures_are_named_from_the_trace(case_memory, cases):
     assert classify_failure(case, chain + [hop("The Beatles", statements[0], contradicts=False)], case_memory) == "contradiction check"
     rejected = hop("The Beatles", None, in_scope=False, candidates=[{"statement": statements[0]}])
     assert classify_failure(case, chain + [rejected], case_memory) == "scope"
+
+    class Detector:  # what the router's detector says of the gold single-hop question
+        def __init__(self, statement):
+            self.statement = statement
+
+        def decide(self, question):
+            assert question == case.new_hops[0].question
+            return SimpleNamespace(best=SimpleNamespace(statement=self.statement) if self.statement else None)
+
+    # the gold question would have reached the edit: the model's sub-question asked something else
+    assert classify_failure(case, chain + [rejected], case_memory, Detector(statements[0])) == "decomposition"
+    assert classify_failure(case, chain + [rejected], case_memory, Detector(None)) == "scope"
+    assert classify_failure(case, chain + [rejected], case_memory, Detector(statements[1])) == "scope"
     assert classify_failure(case, chain + [hop("Oz", statements[3], in_scope=True)], case_memory) == "wrong edit"
     all_right = [hop(a, s, in_scope=True) for a, s in zip(gold, statements)]
     assert classify_failure(case, chain + all_right, case_memory) == "final answer"
