@@ -234,11 +234,9 @@ class EditScope:
         features, reasons = self.features(question, edits, names)
         scores = self.head.probabilities(features)
         for i, edit in enumerate(edits):
+            cosine = reasons[i].pop("statement_cosine")
             if not head_judges(features[i]):  # nothing of the edit named: the statement's cosine decides
-                bar = FREE_TEXT_COSINE if edit.subject is None else UNNAMED_COSINE
-                scores[i] = self.free_text_score(reasons[i].pop("statement_cosine"), bar)
-            else:
-                reasons[i].pop("statement_cosine")
+                scores[i] = self.free_text_score(cosine, FREE_TEXT_COSINE if edit.subject is None else UNNAMED_COSINE)
         return [Verdict(e, float(s), bool(s >= self.threshold), r) for e, s, r in zip(edits, scores, reasons)]
 
     def free_text_score(self, cosine: float, bar: float = FREE_TEXT_COSINE) -> float:
@@ -291,7 +289,7 @@ class EditScope:
         return bank.scores(pair_vectors[0::3], self.bank_holdout), bank.scores(pair_vectors[1::3], self.bank_holdout)
 
     def _bank_features(self, asked: np.ndarray | None, edit: np.ndarray | None, i: int, wh: int | None) -> dict[str, float]:
-        if self.head.bank is None or asked is None or edit is None:
+        if asked is None or edit is None:  # no bank (see _bank_scores)
             return {name: 0.0 for name in BANK_FEATURES}
         return self.head.bank.features(asked[i], edit[i], wh)
 

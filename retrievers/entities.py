@@ -93,7 +93,6 @@ def _spans(text: str) -> list[tuple[int, int]]:
 
 
 @lru_cache(maxsize=65_536)
-@lru_cache(maxsize=65536)
 def name_tokens(name: str) -> tuple[str, ...]:
     return tuple(t for t, _, _ in tokens(name))
 
