@@ -50,7 +50,9 @@ def add_eval_parser(commands: Any) -> None:
     mq.add_argument("--router", choices=["mello", "pokemqa", "graph", "ike"], default="pokemqa")
     mq.add_argument("--model", default="smollm2-135m", help="packaged name (smollm2-135m, qwen2.5-1.5b) or a local path")
     mq.add_argument("--k", nargs="+", default=["1"], help="cases per batch: numbers and/or 'all' (several: one run each)")
-    mq.add_argument("--limit", type=int, help="ask only the first N cases")
+    mq.add_argument("--limit", type=int, help="ask only the first N cases (after --skip)")
+    mq.add_argument("--skip", type=int, default=0,
+                    help="leave out the first N cases, e.g. those a prompt was developed on (default 0)")
     mq.add_argument("--questions", type=int, choices=[1, 2, 3], default=1, help="questions asked per case (default 1)")
     mq.add_argument("--max-hops", type=int, default=5, help="loop limit of MeLLo and PokeMQA, longest walk of graph (default 5)")
     mq.add_argument("--detector", choices=["edit", "cross-encoder", "embedding"], default="edit",
@@ -115,7 +117,7 @@ def cmd_mquake(args: argparse.Namespace) -> int:
         print(f"{args.router}, k={k} -> {out}", file=sys.stderr)
         evaluate_mquake(cases, lambda memory: make_router(args.router, model, memory, **options), k, out,
                         limit=args.limit, questions=args.questions, settings=settings, progress=not args.no_progress,
-                        batch_size=args.batch_size)
+                        batch_size=args.batch_size, skip=args.skip)
         print((out / "report.md").read_text())
     summaries = collect_summaries(root)
     plot = plot_accuracy_vs_k(summaries, root / "accuracy_vs_k.png")

@@ -33,6 +33,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from memedit.checks import whole_number
 from memedit.memory import Memory
 from memedit.models import DEFAULT_BATCH_SIZE
 from memedit.retrievers.steps import Failed, Steps, counted, run_many
@@ -88,20 +89,23 @@ def check_settings(out: Path, settings: dict[str, Any]) -> None:
 def evaluate_mquake(cases: Sequence[MQuAKECase], make_router: Callable[[Memory], Any], k: int | str, out: str | Path,
                     limit: int | None = None, questions: int = 1, settings: dict[str, Any] | None = None,
                     progress: bool = True, open_memory: Callable[[Path], Memory] = Memory,
-                    batch_size: int = DEFAULT_BATCH_SIZE) -> dict[str, Any]:
-    """Evaluate on the first ``limit`` of ``cases`` (batches of ``k`` over all of them); write
+                    batch_size: int = DEFAULT_BATCH_SIZE, skip: int = 0) -> dict[str, Any]:
+    """Evaluate on ``limit`` of ``cases`` after the first ``skip`` (batches of ``k`` over all of them); write
     ``run.json``, ``cases.jsonl``, ``summary.json`` and ``report.md`` under ``out``; return the summary.
     ``batch_size`` cases run together, their generations decoded as one batch (1: one at a
     time). A case that fails is reported with its id and left out of ``cases.jsonl``, so a
     rerun asks it again; the others finish."""
     if questions not in (1, 2, 3):
         raise ValueError(f"questions must be 1, 2 or 3 (how many of each case's questions to ask), got {questions!r}")
+    whole_number("skip", skip, 0)
     out = Path(out)
-    asked = {c.case_id for c in (cases[:limit] if limit is not None else cases)}
+    asked = {c.case_id for c in cases[skip:None if limit is None else skip + limit]}
     if not asked:
-        raise ValueError("no cases to evaluate; check the data file and --limit")
+        raise ValueError(f"no cases to evaluate: the file has {len(cases)}; check the data file, --skip and --limit")
     groups = batches(cases, k)
     settings = {**(settings or {}), "k": str(k), "limit": limit, "questions": questions, "cases_in_file": len(cases)}
+    if skip:
+        settings["skip"] = skip
     check_settings(out, settings)
     path = out / "cases.jsonl"
     records = [r for r in read_done(path) if r["case_id"] in asked]
@@ -254,7 +258,7 @@ def render_report(summary: dict[str, Any], settings: dict[str, Any]) -> str:
     lines = [f"# MQuAKE: {settings.get('router', '?')} on {settings.get('model', '?')}", "",
              f"- data: `{settings.get('data', '?')}` ({settings['cases_in_file']} cases in the file)",
              f"- k = {settings['k']}: batches of k consecutive cases over the whole file; the memory holds all edits of a batch",
-             f"- asked: the first {summary['cases']} cases, {settings['questions']} question(s) each; a case counts if any is "
+             f"- asked: {summary['cases']} cases from case {settings.get('skip', 0) + 1} in file order, {settings['questions']} question(s) each; a case counts if any is "
              "answered with the new answer or an alias",
              f"- loop limit: {settings.get('max_hops', '–')} hops",
              f"- command: `{settings.get('command', '–')}`", "",

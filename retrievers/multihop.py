@@ -37,13 +37,16 @@ _FIELD = re.compile(r"^\s*([A-Za-z][A-Za-z -]*):\s*(.*)$")
 class ExampleHop:
     """One hop of a worked example: the sub-question, what is commonly known, and the memory
     fact about it (``fact``, which changes the answer) or, when there is none, a ``distractor``
-    fact that does not (an unrelated or agreeing fact, for routers that always show one)."""
+    fact that does not (an unrelated or agreeing fact, for routers that always show one);
+    ``also``: other memory facts about the hop's entity that do not answer it (the graph
+    walk shows an entity's facts before its sub-question)."""
 
     subquestion: str
     known: str
     fact: str | None = None
     target: str | None = None
     distractor: str = ""
+    also: tuple[str, ...] = ()
 
     @property
     def answer(self) -> str:
@@ -120,13 +123,14 @@ class ChainRouter(Router):
     """Base of the multi-hop routers: the hop loop, the transcript, the trace.
 
     ``max_hops`` bounds the chain (the loop limit); ``hop_tokens`` bounds each generation.
-    Subclasses give the few-shot ``header`` and ``examples`` and settle each hop in
+    Subclasses give the few-shot ``header`` (and may give their own ``examples``) and settle each hop in
     :meth:`settle`. ``plan`` runs the whole chain and returns the final answer as text, so
     a chain router answers wherever a router is expected (``EditedModel``, ``ChatSession``,
     ``MemoryChatModel``).
     """
 
     header = ""
+    examples: tuple[Example, ...] = EXAMPLES
 
     def __init__(self, model: LanguageModel, memory: Memory, k: int = 1, max_hops: int = 5, hop_tokens: int = 48,
                  **options: Any) -> None:
@@ -134,7 +138,7 @@ class ChainRouter(Router):
         whole_number("max_hops", max_hops, 1)
         self.max_hops = max_hops
         self.hop_tokens = hop_tokens
-        self.prefix = self.header.strip() + "\n\n" + "".join(self.render(e) + "\n\n" for e in EXAMPLES)
+        self.prefix = self.header.strip() + "\n\n" + "".join(self.render(e) + "\n\n" for e in self.examples)
 
     # -- the loop ----------------------------------------------------------------------------
     def plan(self, question: str, history: Sequence[dict[str, str]] = ()) -> Plan:

@@ -92,8 +92,11 @@ def test_an_edit_changes_the_first_hop_and_the_second_hop_follows_its_target(cha
     # one call per step and one that ends the walk; the model never answered a step an edit answered
     assert len(model.prompts) == 3 and model.answer_calls == 0
     transcript = next(s for s in answer.trace if s["step"] == "transcript")["text"]
-    assert ('Memory fact: "Ada Brennick is employed by Halden Rovers."\nAnswer: Halden Rovers\n'
-            "Sub-question: Which city is Halden Rovers based in?\n") in transcript
+    # each entity's facts are shown before the sub-question about it, and not again after it
+    assert transcript.endswith('Key entity: "Ada Brennick"\nMemory fact: "Ada Brennick is employed by Halden Rovers."\n'
+                               "Sub-question: Who employs Ada Brennick?\nAnswer: Halden Rovers\n"
+                               'Memory fact: "Halden Rovers is based in the city of Tromsø."\n'
+                               "Sub-question: Which city is Halden Rovers based in?\nAnswer: Tromsø\n")
     assert next(s for s in answer.trace if s["step"] == "chain_answers")["answers"] == ["Halden Rovers", "Tromsø"]
 
 
@@ -105,6 +108,57 @@ def test_a_hop_no_edit_covers_is_answered_by_the_model_from_the_edited_entity(me
     assert hops(answer)[1]["subquestion"] == "Which city is Halden Rovers based in?"
     assert answer.text == "Halden"
     assert model.answer_calls == 1 and len(model.prompts) == 3
+
+
+def test_facts_about_a_model_answer_are_shown_before_the_next_sub_question(memory):
+    memory.add(Edit(subject="Halden Rovers", relation="home city", prompt="{} is based in the city of", target="Tromsø"))
+    memory.add(Edit(subject="Halden Rovers Academy", relation="home city", prompt="{} is based in the city of",
+                    target="Bergen"))
+    model = ScriptedModel({CHAIN: CHAIN_WALK}, {"Who employs Ada Brennick?": "Halden Rovers"})
+    answer = GraphRouter(model, memory).answer(CHAIN)
+    assert [h["source"] for h in hops(answer)] == ["model", "edit"] and answer.text == "Tromsø"
+    # the model's answer named an entity the memory knows: its facts, then the sub-question written again
+    assert model.prompts[2].body.endswith('Answer: Halden Rovers\nMemory fact: "Halden Rovers is based in the city of Tromsø."\n')
+    assert len(model.prompts) == 4 and hops(answer)[1]["facts_shown"] == [answer.edits_used[0].id]
+    # an entity whose name only contains the answer's is another entity
+    assert "Bergen" not in model.prompts[-1].body
+
+
+def test_a_sub_question_about_a_shown_facts_target_takes_that_fact_as_the_skipped_hop(chain_memory):
+    model = ScriptedModel({CHAIN: ("Ada Brennick", ["Which city is Halden Rovers based in?", "Which city is # based in?"])})
+    answer = GraphRouter(model, chain_memory).answer(CHAIN)
+    walk = hops(answer)
+    assert [(h["entity"], h["answer"], h["source"]) for h in walk] == [
+        ("Ada Brennick", "Halden Rovers", "edit"), ("Halden Rovers", "Tromsø", "edit")]
+    assert "skipping" in walk[0]["implied"] and answer.text == "Tromsø"
+    assert [e.target for e in answer.edits_used] == ["Halden Rovers", "Tromsø"]
+    # the skipped hop is written in the fact's own words before the model goes on
+    assert "Sub-question: Ada Brennick is employed by what?\nAnswer: Halden Rovers\n" in model.prompts[1].body
+
+
+def test_a_sub_question_that_restates_a_shown_fact_with_its_target_in_place_is_asked_again(chain_memory):
+    model = ScriptedModel({CHAIN: ("Ada Brennick", ["Who employs Halden Rovers?", "Which city is # based in?"])})
+    answer = GraphRouter(model, chain_memory).answer(CHAIN)
+    walk = hops(answer)
+    assert [(h["subquestion"], h["answer"]) for h in walk] == [
+        ("Who employs Ada Brennick?", "Halden Rovers"), ("Which city is Halden Rovers based in?", "Tromsø")]
+    assert "target in place" in walk[0]["implied"] and answer.text == "Tromsø"
+    # the transcript holds the hop as it should have been asked; the garbled one is gone
+    assert "Who employs Halden Rovers?" not in model.prompts[-1].body
+    assert "Sub-question: Who employs Ada Brennick?\nAnswer: Halden Rovers\n" in model.prompts[-1].body
+
+
+def test_the_facts_shown_about_one_entity_are_bounded_nearest_the_question_first(memory):
+    for relation, prompt, target in [("employer", "{} is employed by", "Halden Rovers"),
+                                     ("birthplace", "{} was born in", "Narvik"),
+                                     ("spouse", "{} is married to", "Ben Ode")]:
+        memory.add(Edit(subject="Ada Brennick", relation=relation, prompt=prompt, target=target))
+    question = "Who is Ada Brennick married to?"
+    router = GraphRouter(ScriptedModel({}), memory, max_facts=2)
+    facts = router.facts_about("ada brennick", question)
+    assert len(facts) == 2 and facts[0].target == "Ben Ode"
+    assert GraphRouter(ScriptedModel({}), memory, max_facts=0).facts_about("Ada Brennick", question) == []
+    assert router.facts_about("Ben Ode", question) == [] and router.facts_about(None, question) == []
 
 
 def test_without_an_edit_that_applies_the_model_answers_each_hop(chain_memory):

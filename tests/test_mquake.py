@@ -234,6 +234,17 @@ def test_runner_batches_resumes_and_refuses_other_settings(lm, embedder, cases, 
     assert [r["case_id"] for r in read_done(tmp_path / "run" / "cases.jsonl")] == [c.case_id for c in cases[:4]]
     with pytest.raises(RunMismatch, match="k: '2' -> '1'"):
         evaluate_mquake(cases[:5], make, 1, tmp_path / "run", limit=4, settings={"router": "ike"}, progress=False)
+    # --skip: cases held out of development are asked on their own; the batches stay those of the whole file
+    asked.clear(), sizes.clear()
+    summary = evaluate_mquake(cases[:5], make, 2, tmp_path / "held-out", limit=1, skip=3, progress=False,
+                              settings={"router": "ike"}, open_memory=lambda p: Memory(p, embedder=embedder))
+    assert summary["cases"] == 1 and len(asked) == 1 and sizes == [8]
+    assert [r["case_id"] for r in read_done(tmp_path / "held-out" / "cases.jsonl")] == [cases[3].case_id]
+    assert "from case 4" in (tmp_path / "held-out" / "report.md").read_text()
+    with pytest.raises(ValueError, match="the file has 5"):
+        evaluate_mquake(cases[:5], make, 2, tmp_path / "none", skip=5, progress=False)
+    with pytest.raises(ValueError, match="skip"):
+        evaluate_mquake(cases[:5], make, 2, tmp_path / "none", skip=-1, progress=False)
 
 
 @pytest.mark.slow
