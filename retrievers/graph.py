@@ -4,9 +4,9 @@ The model writes the walk one sub-question at a time, in PokeMQA's line format (
 worked examples, a ``Key entity:`` line naming the stored subject the question is about).
 Before each sub-question the router shows what the memory holds about the entity reached
 so far (the key entity, then each hop's answer): its triple edits, quoted, at most
-``MAX_FACTS``, nearest the question first. So the model writes the sub-question the
-memory can answer ("Who performed Hey Jude?" when the memory says who did) instead of
-guessing the order of the question's relations::
+``MAX_FACTS`` (one), the relation the question most likely asks first. So the model
+writes the sub-question the memory can answer ("Who performed Hey Jude?" when the memory
+says who did) instead of guessing the order of the question's relations::
 
     Question: Who is the head of state of the country where the Eiffel Tower stands?
     Key entity: "Eiffel Tower"
@@ -30,9 +30,18 @@ changes an early hop, later hops follow it (an edit's target is the next edit's 
 The last hop's answer is the walk's answer. The trace shows the whole walk: entity,
 facts shown, sub-question, edit or model, answer.
 
+A model shown a fact sometimes takes it as already answered and asks about the fact's
+target instead of the entity ("Which sport is rugby associated with?" after "flanker is
+associated with the sport of rugby"; "Which country is Sipirok in?" after "The capital
+of the Philippines is Sipirok"). Such a hop is written as the fact answered it (the
+model's sub-question with the entity back in place, when the detector puts that under
+the fact; else the fact's prompt as a question, "The capital of Philippines is what?"),
+and the model writes its next line again: the next hop or the final answer.
+
 Model calls per question: one per hop plus one that ends the walk; a hop the model
 answers gets its answer and the next sub-question from the same call, unless the memory
-holds facts about that answer, which are shown first (one more call). PokeMQA: two calls
+holds facts about that answer, which are shown first (one more call), and a hop taken
+from a shown fact costs one call too. PokeMQA: two calls
 per hop and a final line. The prompts are plain text, so the router works on a
 black-box chat model too.
 """
