@@ -521,12 +521,18 @@ class ScopeDetector:
                     self.classifier.remember(edit.statement, stored[edit.id])
         self.classifier.prepare(edits)
 
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Vectors of ``texts``: through the edit classifier's cache when it has one, else the memory's embedder."""
+        if isinstance(self.classifier, EditScope):
+            return self.classifier.embed(texts)
+        return self.memory.embedder.encode(list(texts))
+
     def embed_question(self, question: str, named: Sequence[Any] = ()) -> np.ndarray:
         """The question's vector. The edit classifier embeds it in one batch with the masked
         forms its verdicts on ``named`` will need, so a question costs one encoder pass."""
         if not isinstance(self.classifier, EditScope):
             return self.memory.embedder.encode_one(question)
-        return self.classifier.embed([question, *self.classifier.masked(question, named, self.names.names)])[0]
+        return self.embed([question, *self.classifier.masked(question, named, self.names.names)])[0]
 
     def candidates(self, question: str, vector: np.ndarray | None = None, named: Sequence[Any] | None = None
                    ) -> tuple[list[Any], dict[str, float | None]]:

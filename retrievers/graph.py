@@ -59,7 +59,6 @@ from .base import Plan, check_question
 from .entities import find_mention, fold, mask_prompt
 from .multihop import (FACT_LINE, FINAL, SUBQUESTION, Example, ExampleHop, detect_hop, edit_record, fields,
                        quote_fact)
-from .detector import EditScope
 from .pokemqa import PokeMQARouter
 from .steps import Steps
 
@@ -157,8 +156,7 @@ class GraphRouter(PokeMQARouter):
         names = self.detector.names.names
         found = [e for e in self.detector.named(entity) if e not in skip and _is_entity(entity, e, names)]
         if len(found) > 1:
-            embed = self.detector.classifier.embed if isinstance(self.detector.classifier, EditScope) else self.memory.embedder.encode
-            vectors = embed([question, *(mask_prompt(e.prompt) for e in found)])
+            vectors = self.detector.embed([question, *(mask_prompt(e.prompt) for e in found)])
             scores = vectors[1:] @ vectors[0]
             found = [found[i] for i in sorted(range(len(found)), key=lambda i: -float(scores[i]))]
         return found[:self.max_facts]
@@ -181,7 +179,7 @@ class GraphRouter(PokeMQARouter):
             jump = _jumped(subquestion, walk.entity, walk.shown)
             if jump is not None:  # the model took the shown fact as the hop's answer: write that hop, ask again
                 restated = _restate(subquestion, jump.target, walk.entity)
-                restates = jump in self.detector.decide(restated).applied
+                restates = bool(self.detector.decide(restated, edits=[jump]).applied)
                 if not restates:  # it asked on from the fact's target; the hop it skipped, in the fact's words
                     restated = fill_prompt(jump.prompt, jump.subject) + " what?"
                 walk.add({"subquestion": restated, "in_scope": True, "implied": (
