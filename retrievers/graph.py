@@ -51,6 +51,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from memedit.checks import whole_number
 from memedit.edit import fill_prompt
 from memedit.memory import Memory
 from memedit.models import LanguageModel
@@ -137,7 +138,7 @@ class GraphRouter(PokeMQARouter):
     def __init__(self, model: LanguageModel, memory: Memory, hop_tokens: int = 64, max_facts: int = MAX_FACTS,
                  **options: Any) -> None:
         super().__init__(model, memory, hop_tokens=hop_tokens, **options)
-        self.max_facts = max_facts
+        self.max_facts = whole_number("max_facts", max_facts, 0)
 
     def render(self, example: Example) -> str:
         lines = [self.render_question(example).rstrip("\n")]

@@ -230,6 +230,9 @@ def test_a_walk_longer_than_max_hops_stops_there_and_says_so(chain_memory):
 def test_bad_options_are_named(memory):
     with pytest.raises(ValueError, match="max_hops"):
         GraphRouter(ScriptedModel({}), memory, max_hops=0)
+    for bad in (-1, 1.5, "2", True):
+        with pytest.raises(ValueError, match="max_facts"):
+            GraphRouter(ScriptedModel({}), memory, max_facts=bad)
 
 
 def test_many_walks_batched_give_the_answers_of_one_at_a_time(chain_memory):
