@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from memedit.embeddings import Embedder, get_embedder
+from memedit.embeddings import BertForward, Embedder, get_embedder
 
 TEXTS = ["Who employs Marisol Quenby?", "", "  padded with spaces  ", "¿Dónde trabaja Marisol Quenby?",
          "The capital of France is Paris. " * 80,  # past the 256-token limit: truncated the same way
@@ -19,6 +19,7 @@ def reference(embedder: Embedder, texts: list[str]) -> np.ndarray:
 def test_the_direct_path_gives_sentence_transformers_vectors():
     embedder = get_embedder()
     assert embedder._direct is not None  # all-MiniLM-L6-v2 is a plain pipeline
+    assert isinstance(embedder._direct[1], BertForward)  # and its encoder runs through the lean forward
     got = embedder.encode(TEXTS, batch_size=3)
     assert got.shape == (len(TEXTS), embedder.dim) and got.dtype == np.float32
     assert np.abs(got - reference(embedder, TEXTS)).max() < 1e-5
@@ -47,3 +48,29 @@ def test_a_pipeline_of_another_kind_goes_through_encode():
     assert embedder._direct is None
     vectors = embedder.encode(TEXTS[:2])
     assert wrapped.called and vectors.shape == (2, 384)
+
+
+def test_the_lean_forward_matches_the_module_and_refuses_what_it_does_not_know():
+    import torch
+
+    module = get_embedder()._model[0].auto_model
+    tokenizer = get_embedder()._model[0].tokenizer
+    batch = tokenizer(TEXTS, padding=True, truncation=True, max_length=256, return_tensors="pt")
+    with torch.inference_mode():
+        want = module(**batch).last_hidden_state
+        got = BertForward(module)(**batch)
+    keep = batch["attention_mask"].bool()  # padded positions are masked out by pooling
+    assert torch.abs(got[keep] - want[keep]).max() < 1e-4
+    assert BertForward.of(object()) is None
+    module.config.hidden_act = "relu"
+    try:
+        assert BertForward.of(module) is None  # another activation: the module runs as it is
+    finally:
+        module.config.hidden_act = "gelu"
+    with torch.inference_mode():
+        try:
+            BertForward(module)(batch["input_ids"], batch["attention_mask"], torch.ones_like(batch["input_ids"]))
+        except ValueError as err:
+            assert "token type" in str(err)
+        else:
+            raise AssertionError("a second token type must be refused")
