@@ -4,6 +4,10 @@ Run from the repository root (localhost only; the server is a subprocess on 127.
 
     python bench/serve.py                      # the numbers: 50 clients for 60 s
     python bench/serve.py --seconds 20         # shorter
+    python bench/serve.py --quiet 30 --quiet-only   # only part 0, memedit's overhead alone
+
+The server runs with ``OMP_NUM_THREADS=1`` unless that is set otherwise for this script
+(the clients need the other core).
 
 Three parts, each printed:
 
@@ -260,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ask-share", type=float, default=0.1, help="share of a client's requests that are questions (default 0.1)")
     parser.add_argument("--max-tokens", type=int, default=8, help="answer budget of each question (default 8)")
     parser.add_argument("--quiet", type=int, default=10, help="questions asked one at a time before the load (default 10)")
+    parser.add_argument("--quiet-only", action="store_true", help="stop after part 0 (the overhead alone)")
     parser.add_argument("--crash-writers", type=int, default=10, help="clients writing when the server is killed (default 10)")
     parser.add_argument("--crash-after", type=float, default=4.0, help="seconds of writing before kill -9 (default 4)")
     parser.add_argument("--fuzz", type=int, default=500, help="requests of the namespace fuzz (default 500)")
@@ -276,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         process = start_server(db, port, args.max_tokens, log)
         print(f"memedit serve (SmolLM2-135M, serac) up in {time.monotonic() - started:.1f} s on {url}; "
-              f"{os.cpu_count()} CPU cores, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '(unset)')}")
+              f"{os.cpu_count()} CPU cores, the server's OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '1')}")
 
         # Warm-up (not in the figures), then questions one at a time with nothing else running.
         quiet = asyncio.run(alone(url, keys["client-00"], "client-00", args.quiet, args.max_tokens))
@@ -288,6 +293,13 @@ def main(argv: list[str] | None = None) -> int:
             during = [s * 1000 for s in quiet.latency["edits"]]
             print(f"   {len(during)} edits added one at a time while a 64-token answer was generated: "
                   f"POST /v1/edits p50 {pct(during, 0.5):.1f} ms, max {max(during, default=float('nan')):.1f} ms")
+            again = asyncio.run(alone(url, keys["client-00"], "client-00", args.quiet, args.max_tokens))
+            print(f"   the same questions again (their vectors cached by the detector, so no MiniLM pass): "
+                  f"memedit overhead p50 {statistics.median(again.overhead):.1f} ms")
+        if args.quiet_only:
+            process.send_signal(signal.SIGINT)
+            process.wait(timeout=30)
+            return 0
 
         # 1. load
         started = time.monotonic()
