@@ -83,6 +83,7 @@ def main(argv=None) -> int:
     parser.add_argument("--k", nargs="+", default=["1", "all"])
     parser.add_argument("--detector", nargs="+", default=["edit", "cross-encoder:0.4", "embedding:0.701"],
                         help="detectors to measure: edit, or NAME:CUT for a statement-only classifier behind a cosine cut")
+    parser.add_argument("--head", default=None, help="the edit detector's head folder from 'memedit scope train' (default: the shipped one)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--results", default=str(Path(__file__).parent / "results" / "mquake_scope.json"))
     args = parser.parse_args(argv)
@@ -94,7 +95,7 @@ def main(argv=None) -> int:
         for spec in args.detector:
             name, _, cut = spec.partition(":")
             first = float(cut) if cut else None
-            classifier = load_classifier(name, embedder=get_embedder())
+            classifier = load_classifier(name, embedder=get_embedder(), path=args.head if name == "edit" else None)
             for k in args.k:
                 started = time.time()
                 row = {"detector": name, "threshold": classifier.threshold, "first_threshold": first,

@@ -39,7 +39,7 @@ from memedit.errors import ModelPackageError
 from memedit.files import check_sha256
 
 from .entities import (CACHED_LENGTH, KINDS, answer_clash, Mention, find_mention, fold, mask, mask_prompt, mentions_text, name_likeness, name_tokens,
-                       tokens)
+                       relation_words, tokens)
 from .relations import FEATURES as BANK_FEATURES
 from .relations import RelationBank, bank_from_arrays, wh_word
 
@@ -57,7 +57,7 @@ FREE_TEXT_COSINE = 0.701
 # Oceania") comes close to 0.701.
 UNNAMED_COSINE = 0.8
 SCALARS = ("relation", "answer", "clash", "statement", "prompt", *(f"mention_{k}" for k in ("none", *KINDS)), "coverage", "typos", "name_likeness",
-           "target_named", "free_text", "question_length", *BANK_FEATURES)
+           "target_named", "free_text", "question_length", "relation_words", *BANK_FEATURES)
 
 
 @dataclass
@@ -268,6 +268,7 @@ class EditScope:
                 "name_likeness": name_likeness(question, edit.prompt, edit.subject) if edit.subject else 0.0,
                 "target_named": float(bool(edit.target) and mentions_text(question, edit.target)),
                 "free_text": float(edit.subject is None), "question_length": float(length),
+                "relation_words": relation_words(question, edit.prompt) if edit.subject is not None else 0.0,
                 **self._bank_features(asked_bank, edit_bank, i, wh),
             }
             rows.append(np.concatenate([asked * relation, np.array([scalars[k] for k in SCALARS], np.float32)]))

@@ -263,6 +263,39 @@ def name_likeness(question: str, prompt: str, name: str) -> float:
     return len(a & b) / len(a | b) if a and b else 0.0
 
 
+# Function words that say nothing about which relation is asked.
+FUNCTION_WORDS = STOPWORDS | frozenset(
+    "am are as be been being can could did do does had has have he her his is it its me my our she "
+    "that their them they this these those was we were what when where which who whom whose why how "
+    "will would you your tell know name named please currently now".split())
+
+
+def stem(word: str) -> str:
+    """A crude stem for comparing relation words: a plural or verb ``s``, then an ``ed``,
+    ``er`` or ``ing`` dropped, then the first five letters ("designed", "designer",
+    "designs" all give "desig"; "owns" and "owned" give "own")."""
+    if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
+        word = word[:-1]
+    for ending in ("ing", "ed", "er"):
+        if word.endswith(ending) and len(word) - len(ending) >= 3:
+            word = word[:-len(ending)]
+            break
+    return word[:5]
+
+
+def relation_words(question: str, prompt: str) -> float:
+    """The share of the content words of an edit's prompt (its ``{}`` and function words left
+    out) that the question uses too, compared by :func:`stem`. A question that asks one
+    step past the fact still names its relation ("the nationality of the *author* of X"
+    for "The author of {} is"); one that asks another relation of the same subject
+    usually does not ("When was X published?")."""
+    wanted = {stem(t) for t in name_tokens(prompt.replace("{}", " ")) if t not in FUNCTION_WORDS and not t.isdigit()}
+    if not wanted:
+        return 0.0
+    used = {stem(t) for t, _, _ in tokens(question) if t not in FUNCTION_WORDS}
+    return len(wanted & used) / len(wanted)
+
+
 _TIME_QUESTION = re.compile(r"\b(when|what year|which year|what date|which date|how old|since when|in what year)\b", re.I)
 _NUMBER_QUESTION = re.compile(r"\b(how many|how much|how long|how tall|how high|how big|what number)\b", re.I)
 _ENTITY_QUESTION = re.compile(r"\b(who|whom|whose|where)\b", re.I)

@@ -37,18 +37,41 @@ def wh_word(text: str) -> int | None:
     return WH_WORDS.index("who" if word in ("whom", "whose") else word)
 
 
+def relation_groups(relations: Sequence[dict[str, Any]]) -> list[int]:
+    """Per template relation, the number of its group: relations joined by ``same_as`` (people
+    ask for them with the same words) share one, numbered in order of first appearance."""
+    index = {entry["name"]: i for i, entry in enumerate(relations)}
+    parent = list(range(len(relations)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for i, entry in enumerate(relations):
+        for name in entry.get("same_as", ()):
+            if name not in index:
+                raise ValueError(f"relation {entry['name']!r}: same_as names unknown relation {name!r}")
+            parent[root(index[name])] = root(i)
+    numbers: dict[int, int] = {}
+    return [numbers.setdefault(root(i), len(numbers)) for i in range(len(relations))]
+
+
 def bank_texts(path: str | Path = TEMPLATES) -> tuple[list[str], np.ndarray, np.ndarray]:
     """(every masked prompt and question of the templates, grouped by relation; each row's
-    relation number; per relation, the share of its questions that use each of ``WH_WORDS``)."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    relation number; per relation, the share of its questions that use each of ``WH_WORDS``).
+    Relations joined by ``same_as`` are one relation here."""
+    relations = json.loads(Path(path).read_text(encoding="utf-8"))["relations"]
+    groups = relation_groups(relations)
     texts: list[str] = []
     relation: list[int] = []
-    wh = np.zeros((len(data["relations"]), len(WH_WORDS)), dtype=np.float32)
-    for number, entry in enumerate(data["relations"]):
-        rows = list(dict.fromkeys(mask_prompt(t) for t in [*entry["prompts"], *entry["questions"]]))
+    wh = np.zeros((max(groups) + 1, len(WH_WORDS)), dtype=np.float32)
+    for number in range(len(wh)):
+        members = [entry for entry, group in zip(relations, groups) if group == number]
+        rows = list(dict.fromkeys(mask_prompt(t) for entry in members for t in [*entry["prompts"], *entry["questions"]]))
         texts += rows
         relation += [number] * len(rows)
-        for question in entry["questions"]:
+        for question in (q for entry in members for q in entry["questions"]):
             word = wh_word(question)
             if word is not None:
                 wh[number, word] += 1

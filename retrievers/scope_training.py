@@ -30,7 +30,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -39,10 +39,10 @@ from memedit.files import sha256_file, write_atomic
 from memedit.model_files import DATA_ENV, data_dir
 
 from .detector import HEAD_FILE, HEAD_META, SCALARS, EditScope, Head, head_judges
-from .entities import find_mention
-from .relations import RelationBank, bank_arrays
+from .entities import find_mention, mask_prompt
+from .relations import RelationBank, bank_arrays, relation_groups
 from .scope import DEFAULT_MAX_LENGTH, FORMAT_VERSION, CrossEncoderScope, ScopePair, _load_model
-from .scope_pairs import best_threshold, scope_metrics, scope_pairs, split_by_statement
+from .scope_pairs import best_threshold, plateau_threshold, scope_metrics, scope_pairs, split_by_statement
 
 KNOWEDIT_FILES = {"zsre": "knowedit/ZsRE/ZsRE-test-all.json", "wiki_counterfact": "knowedit/wiki_counterfact/train_cf.json"}
 TRAIN_CASES = (200, 800)
@@ -54,7 +54,7 @@ ENSEMBLE = 5
 # the scalar features. Measured on bench/data/natural_scope.jsonl and KnowEdit pairs: with the
 # template pairs, the product gives fewer false hits on both; without them, it overfits KnowEdit.
 RELATION_VECTOR = True
-TEMPLATE_ROUNDS = 3  # the template pairs are drawn three times (other names, other negatives) to weigh them
+TEMPLATE_ROUNDS = 6  # the template pairs are drawn six times (other names, other negatives) to weigh them against KnowEdit
 # While training and calibrating, bank rows this close to a question are ignored: a template
 # question must not find itself (or its lower-cased copy) in the bank, as a new wording never does.
 BANK_HOLDOUT = 0.97
@@ -80,13 +80,16 @@ def knowedit_training_pairs(data: Path | None = None, cases: tuple[int, int] = T
 TEMPLATES = Path(__file__).parent / "data" / "relation_templates.json"
 
 
-def template_pairs(path: str | Path = TEMPLATES, seed: int = 0, per_question: int = 2) -> list[ScopePair]:
+def template_pairs(path: str | Path = TEMPLATES, seed: int = 0, per_question: int = 2,
+                   embed: Callable[[Sequence[str]], np.ndarray] | None = None) -> list[ScopePair]:
     """Question-shaped pairs from our hand-written relation templates (``data/relation_templates.json``:
     relations, each with cloze prompts, the ways people ask for it and invented targets, and
     invented names by type). Each question, about an invented entity, is in scope of the edit
     of its relation about that entity; out of scope of ``per_question`` edits of other
     relations about the same entity (preferring relations of the same subject type) and of
-    the same relation about another entity."""
+    the same relation about another entity. With ``embed``, the other relations are the
+    ones people most easily confuse with it (nearest by their questions' mean vector:
+    a birth year for a birthplace), and one more at random."""
     from memedit.edit import Edit
 
     data = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -99,16 +102,30 @@ def template_pairs(path: str | Path = TEMPLATES, seed: int = 0, per_question: in
     def edit(relation: dict[str, Any], subject: str) -> Edit:
         return Edit(subject=subject, prompt=rng.choice(relation["prompts"]), target=rng.choice(relation["target_examples"]))
 
+    group = dict(zip((r["name"] for r in relations), relation_groups(relations)))
+    near = None if embed is None else relation_similarity(relations, embed)
     pairs: list[ScopePair] = []
     for relation in relations:
         pool = names[relation["subject_type"]]
+        same = [r for r in relations if r is not relation and group[r["name"]] == group[relation["name"]]]
         for question in relation["questions"]:
             subject = rng.choice(pool)
             text = question.replace("{}", subject, 1)
             own = edit(relation, subject)
             pairs.append(ScopePair(text, own.statement, 1, "template", own))
-            others = [r for r in by_type[relation["subject_type"]] if r is not relation] or [r for r in relations if r is not relation]
-            for other in rng.sample(others, min(per_question, len(others))):
+            for alike in same:  # asked with the same words: in scope of each other's edits
+                twin = edit(alike, subject)
+                pairs.append(ScopePair(text, twin.statement, 1, "template_same_as", twin))
+            others = [r for r in by_type[relation["subject_type"]] if group[r["name"]] != group[relation["name"]]] \
+                or [r for r in relations if group[r["name"]] != group[relation["name"]]]
+            if near is None:
+                chosen = rng.sample(others, min(per_question, len(others)))
+            else:
+                ranked = sorted(others, key=lambda r: -near[relation["name"], r["name"]])
+                chosen = rng.sample(ranked[:2 * per_question], min(per_question, len(ranked)))
+                rest = [r for r in others if r not in chosen]
+                chosen += [rng.choice(rest)] if rest else []
+            for other in chosen:
                 if other["subject_type"] not in (relation["subject_type"],):
                     continue
                 wrong = edit(other, subject)
@@ -120,12 +137,29 @@ def template_pairs(path: str | Path = TEMPLATES, seed: int = 0, per_question: in
     return pairs
 
 
-def default_training_pairs(seed: int = 0) -> list[ScopePair]:
-    """What the shipped head is trained on: KnowEdit cases 200-799 and the template pairs."""
+def default_training_pairs(seed: int = 0, embedder: Any = None) -> list[ScopePair]:
+    """What the shipped head is trained on: KnowEdit cases 200-799 and the template pairs
+    (their negatives the relations nearest to each question's, by MiniLM)."""
+    from memedit.embeddings import get_embedder
+
+    embed = (embedder or get_embedder()).encode
     pairs = knowedit_training_pairs(seed=seed)
     for round_ in range(TEMPLATE_ROUNDS):
-        pairs += template_pairs(seed=seed + round_)
+        pairs += template_pairs(seed=seed + round_, embed=embed)
     return pairs
+
+
+def relation_similarity(relations: Sequence[dict[str, Any]], embed: Callable[[Sequence[str]], np.ndarray]
+                        ) -> dict[tuple[str, str], float]:
+    """Cosine between the mean vectors of each two relations' masked questions."""
+    names = [r["name"] for r in relations]
+    means = []
+    for r in relations:
+        vectors = embed([mask_prompt(q) for q in r["questions"]])
+        mean = vectors.mean(axis=0)
+        means.append(mean / max(float(np.linalg.norm(mean)), 1e-9))
+    sims = np.stack(means) @ np.stack(means).T
+    return {(a, b): float(sims[i, j]) for i, a in enumerate(names) for j, b in enumerate(names)}
 
 
 def typed_forms(pairs: Sequence[ScopePair], seed: int = 0, share: float = 0.5) -> list[ScopePair]:
@@ -214,7 +248,7 @@ def train(out: str | Path, pairs: Sequence[ScopePair] | None = None, embedder: A
 
 
     started = time.perf_counter()
-    pairs = list(pairs) if pairs is not None else default_training_pairs(seed)
+    pairs = list(pairs) if pairs is not None else default_training_pairs(seed, embedder)
     train_pairs, held = split_by_statement(pairs, holdout, seed)
     train_pairs += typed_forms(train_pairs, seed)
     held_all = held + typed_forms(held, seed + 1)
@@ -233,7 +267,7 @@ def train(out: str | Path, pairs: Sequence[ScopePair] | None = None, embedder: A
     held_x, labels = _judged(featurise(scope, held_all, progress=False), held_all)
     held_scores = scope.head.probabilities(held_x)
     scope.bank_holdout = None
-    threshold = best_threshold(held_scores, labels)
+    threshold = plateau_threshold(held_scores, labels)
     fit = scope_metrics(held_scores, labels, threshold)
     folder = Path(out).expanduser()
     folder.mkdir(parents=True, exist_ok=True)

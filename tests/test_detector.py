@@ -12,8 +12,8 @@ import pytest
 from memedit.errors import ModelPackageError
 from memedit.eval.scope_eval import evaluate_scope, load_scope_questions
 from memedit.retrievers.detector import HEAD_DIR, EditScope, ScopeDetector, load_head
-from memedit.retrievers.entities import answer_clash, find_mention, mask, name_likeness
-from memedit.retrievers.relations import WH_WORDS, RelationBank, bank_texts, wh_word
+from memedit.retrievers.entities import answer_clash, find_mention, mask, name_likeness, relation_words, stem
+from memedit.retrievers.relations import WH_WORDS, RelationBank, bank_texts, relation_groups, wh_word
 
 NATURAL = Path(__file__).parent / "data" / "natural_scope.jsonl"
 
@@ -63,7 +63,46 @@ def test_the_kind_of_answer_asked_for_must_fit_the_target():
     assert answer_clash("Where does Marisol Quenby work?", "the Lisbon Botanical Institute") == 0.0
 
 
+def test_a_question_that_uses_the_edit_s_relation_words_is_told_apart_from_one_that_does_not():
+    assert stem("designed") == stem("designer") == stem("designs") and stem("owns") == stem("owned")
+    assert stem("glass") == "glass"  # a double s is not a plural
+    assert relation_words("What is the nationality of the author of Dune?", "The author of {} is") == 1.0
+    assert relation_words("Tell me the name of the Tavrin Bridge's designer.", "{} was designed by") == 1.0
+    assert relation_words("When was Dune published?", "The author of {} is") == 0.0
+    assert relation_words("Who employs Marisol?", "{} works for") == 0.0
+    assert relation_words("Where was she born?", "{} was born in the town of") == pytest.approx(0.5)  # born, not town
+    assert relation_words("Who is it?", "{} is") == 0.0  # no content word to share
+
+
 # ---------------------------------------------------------------- the relation bank
+
+
+def test_relations_people_ask_with_the_same_words_are_one_relation_in_the_bank():
+    relations = [{"name": "owner", "same_as": ["parent_company"]}, {"name": "ceo"}, {"name": "parent_company"}]
+    assert relation_groups(relations) == [0, 1, 0]
+    with pytest.raises(ValueError, match="unknown relation 'parent'"):
+        relation_groups([{"name": "owner", "same_as": ["parent"]}])
+    texts, relation, _ = bank_texts()
+    owned = texts.index("X is owned by")
+    assert relation[texts.index("The parent company of X is")] == relation[owned]  # the shipped templates join them
+    assert relation[texts.index("The CEO of X is")] != relation[owned]
+
+
+def test_template_pairs_put_same_as_questions_in_scope_and_take_near_relations_as_negatives(embedder):
+    from memedit.retrievers.scope_training import template_pairs
+
+    pairs = template_pairs(seed=0, embed=embedder.encode)
+    twins = [p for p in pairs if p.kind == "template_same_as"]
+    assert twins and all(p.label == 1 for p in twins)
+    assert any("owner" in p.question.lower() or "owns" in p.question.lower() for p in twins)
+    negatives = [p for p in pairs if p.kind == "template_other_relation"]
+    assert all(p.label == 0 for p in negatives)
+    # the nearest relations are the confusable ones: a birthplace question meets the birth year
+    birth = [p.edit.prompt for p in negatives if p.question.startswith("Where was") and p.question.endswith("born?")]
+    assert any("year" in prompt or "born in" in prompt for prompt in birth)
+    assert not any(p.kind == "template_other_relation" and "parent company" in p.edit.prompt.lower()
+                   and "own" in p.question.lower() for p in pairs)  # never a negative of its same_as twin
+
 
 
 def test_the_bank_scores_each_relation_by_its_closest_row_and_can_hold_rows_out():

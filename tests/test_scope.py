@@ -16,7 +16,8 @@ from memedit.files import sha256_file
 from memedit.errors import ModelPackageError
 from memedit.eval.cases import Case, Probe
 from memedit.retrievers.scope import CrossEncoderScope, EmbeddingScope, ScopeClassifier, ScopePair
-from memedit.retrievers.scope_pairs import best_threshold, calibrate, precision_recall, scope_pairs
+from memedit.retrievers.scope_pairs import (best_threshold, calibrate, plateau_threshold, precision_recall, scope_metrics,
+                                            scope_pairs)
 from memedit.retrievers.scope_training import train_cross_encoder
 
 NAMES = ["Zorbania Quell", "Tavin Marlowe", "Oskar Pemberton", "Lirael Voss", "Hector Quimby", "Mira Castellan",
@@ -105,6 +106,20 @@ def test_best_threshold_maximises_f1_and_meets_a_target_precision():
     assert best_threshold(np.array([0.5, 0.5, 0.2]), np.array([1, 0, 0])) == pytest.approx(0.35)  # ties stay together
     with pytest.raises(ValueError, match="at least one in-scope"):
         best_threshold(scores, np.zeros(6))
+
+
+def test_the_plateau_threshold_sits_in_the_middle_of_a_flat_f1():
+    # saturated scores: every threshold between 0.03 and 0.95 separates the classes the same
+    # way; the plateau's middle (in log-odds) is well inside that range
+    scores = np.array([0.99, 0.98, 0.97, 0.95, 0.03, 0.02, 0.01, 0.005])
+    labels = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+    assert best_threshold(scores, labels) == pytest.approx(0.49, abs=0.01)  # midway between 0.95 and 0.03
+    flat = np.r_[scores, 0.6]  # one positive in the middle: F1 drops only past 0.6
+    flat_labels = np.r_[labels, 1]
+    middle = plateau_threshold(flat, flat_labels)
+    assert 0.1 < middle < 0.6  # inside the range where F1 is best, not at its edge
+    separable = plateau_threshold(scores, labels)
+    assert 0.3 < separable < 0.7 and scope_metrics(scores, labels, separable)["f1"] == 1.0
 
 
 def test_calibrate_separates_a_separable_set(embedder):
