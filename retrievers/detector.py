@@ -184,6 +184,7 @@ class EditScope:
         self.bank_holdout: float | None = None  # training only: see RelationBank.scores
         self._embedder = embedder
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._edit_bank: dict[str, np.ndarray] = {}  # an edit's relation text -> its bank scores
         self._lock = threading.Lock()
 
     @property
@@ -253,7 +254,7 @@ class EditScope:
         q = vectors[0]
         statements = vectors[1 + 3 * len(edits):1 + 4 * len(edits)]
         answers = vectors[1 + 4 * len(edits):]
-        asked_bank, edit_bank = self._bank_scores(vectors[1:1 + 3 * len(edits)])
+        asked_bank, edit_bank = self._bank_scores(vectors[1:1 + 3 * len(edits)], [relation for _, _, relation, _ in plans])
         wh = wh_word(question)
         rows, reasons = [], []
         length = np.log1p(len(found))
@@ -281,13 +282,27 @@ class EditScope:
             reasons.append(reason)
         return np.stack(rows).astype(np.float32), reasons
 
-    def _bank_scores(self, pair_vectors: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    def _bank_scores(self, pair_vectors: np.ndarray, relations: Sequence[str]) -> tuple[np.ndarray | None, np.ndarray | None]:
         """Per pair, the relation bank's scores of the masked question and of the edit's relation
-        text (None without a bank). ``bank_holdout`` is set while training only."""
+        text (None without a bank). An edit's side is scored once per relation text and kept;
+        ``bank_holdout`` is set while training only, and then nothing is kept."""
         bank = self.head.bank
         if bank is None:
             return None, None
-        return bank.scores(pair_vectors[0::3], self.bank_holdout), bank.scores(pair_vectors[1::3], self.bank_holdout)
+        asked = bank.scores(pair_vectors[0::3], self.bank_holdout)
+        if self.bank_holdout is not None:
+            return asked, bank.scores(pair_vectors[1::3], self.bank_holdout)
+        with self._lock:
+            missing = [i for i, text in enumerate(relations) if text not in self._edit_bank]
+        if missing:
+            fresh = bank.scores(pair_vectors[1::3][missing])
+            with self._lock:
+                if len(self._edit_bank) > 50_000:
+                    self._edit_bank.clear()
+                for i, row in zip(missing, fresh):
+                    self._edit_bank[relations[i]] = row
+        with self._lock:
+            return asked, np.stack([self._edit_bank[text] for text in relations])
 
     def _bank_features(self, asked: np.ndarray | None, edit: np.ndarray | None, i: int, wh: int | None) -> dict[str, float]:
         if asked is None or edit is None:  # no bank (see _bank_scores)

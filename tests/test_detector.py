@@ -134,6 +134,26 @@ def test_the_shipped_bank_is_the_templates_embedded(embedder):
     assert np.allclose(bank.vectors[:20], fresh, atol=2e-3)  # stored in float16
 
 
+def test_an_edit_s_side_of_the_bank_is_scored_once_and_gives_the_same_verdicts(embedder):
+    from memedit.edit import Edit
+
+    fresh, reused = EditScope(embedder), EditScope(embedder)
+    edits = [Edit(subject="Quillmark Systems", prompt="The CEO of {} is", target="Ottilie Brask"),
+             Edit(subject="Quillmark Systems", prompt="{} is headquartered in", target="Orsington")]
+    reused.judge("Who runs Quillmark Systems?", edits)  # fills its cache
+    calls = []
+    bank = reused.head.bank
+    original = bank.scores
+    bank.scores = lambda vectors, holdout=None: calls.append(len(np.atleast_2d(vectors))) or original(vectors, holdout)
+    try:
+        again = reused.judge("Who leads Quillmark Systems these days?", edits)
+    finally:
+        del bank.scores
+    assert calls == [2]  # the question's two masked forms only; the edits' side came from the cache
+    first = fresh.judge("Who leads Quillmark Systems these days?", edits)
+    assert [v.score for v in again] == pytest.approx([v.score for v in first])
+
+
 def test_a_question_in_other_words_than_the_edit_finds_its_relation_through_the_bank(open_memory, db_path, scope):
     memory = open_memory(db_path)
     ceo = memory.add(subject="Quillmark Systems", prompt="The CEO of {} is", target="Ottilie Brask")
