@@ -45,7 +45,7 @@ from memedit.retrievers.scope import DEFAULT_MAX_LENGTH, CrossEncoderScope, Embe
 from memedit.model_files import data_dir
 from memedit.retrievers.scope_pairs import calibrate, scope_metrics, scope_pairs
 from memedit.retrievers.scope_training import KNOWEDIT_FILES, train_cross_encoder
-from memedit.retrievers.serac import default_scope_path
+from memedit.retrievers.scope import default_scope_path
 
 EVAL_CASES = 200
 KINDS = ("reliability", "generality", "portability", "locality", "same_relation", "unrelated")

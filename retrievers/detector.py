@@ -600,7 +600,7 @@ def load_classifier(kind: str | Any, embedder: Any = None, path: str | Path | No
     if kind == "edit":
         return EditScope(embedder, folder=path)
     if kind in ("embedding", "cross-encoder"):
-        from .serac import load_scope
+        from .scope import load_scope
 
         return StatementScope(load_scope(kind, embedder=embedder, path=path))
     raise ValueError(f"unknown scope detector {kind!r}; choose one of: {', '.join(DETECTORS)}")

@@ -27,6 +27,7 @@ import numpy as np
 from memedit.embeddings import DEFAULT_EMBEDDER
 from memedit.errors import ModelPackageError
 from memedit.files import check_sha256, quiet_hf, sha256_file, write_atomic
+from memedit.model_files import cache_dir
 
 SCOPE_FILE = "scope.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -224,3 +225,22 @@ def read_scope_meta(folder: Path) -> dict[str, Any]:
         raise ModelPackageError(f"{weights} is missing from the scope classifier in {folder}; {fix}")
     check_sha256(weights, expected, f"the scope classifier in {folder} is damaged or was changed; {fix}")
     return meta
+
+
+# Cosine threshold of the embedding classifier, calibrated (F1-max) by bench/scope.py on
+# KnowEdit training cases; the cross-encoder stores its own threshold next to its weights.
+EMBEDDING_THRESHOLD = 0.701
+
+
+def default_scope_path() -> Path:
+    """Where ``bench/scope.py`` saves the trained cross-encoder."""
+    return cache_dir() / "scope" / "minilm-knowedit"
+
+
+def load_scope(kind: str, embedder=None, path: str | Path | None = None) -> "ScopeClassifier":
+    """The statement-only classifier called ``kind``: ``embedding`` or ``cross-encoder`` (from ``path``)."""
+    if kind == "embedding":
+        return EmbeddingScope(embedder, threshold=EMBEDDING_THRESHOLD)
+    if kind == "cross-encoder":
+        return CrossEncoderScope.load(path or default_scope_path())
+    raise ValueError(f"unknown scope classifier {kind!r}; choose one of: embedding, cross-encoder")

@@ -10,37 +10,14 @@ and ``"cross-encoder"`` (trained by ``bench/scope.py``) are the statement-only o
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Sequence
 
 from memedit.memory import Memory
-from memedit.model_files import cache_dir
 from memedit.models import LanguageModel
 
 from .base import Plan, Router, demo_turns
 from .demos import by_kind
 from .detector import ScopeDetector
-from .scope import CrossEncoderScope, EmbeddingScope, ScopeClassifier
-
-SCOPES = ("edit", "embedding", "cross-encoder")
-# Cosine threshold of the embedding classifier, calibrated (F1-max) by bench/scope.py on
-# KnowEdit training cases; the cross-encoder stores its own threshold next to its weights.
-EMBEDDING_THRESHOLD = 0.701
-
-
-def default_scope_path() -> Path:
-    """Where ``bench/scope.py`` saves the trained cross-encoder."""
-    return cache_dir() / "scope" / "minilm-knowedit"
-
-
-def load_scope(kind: str, embedder=None, path: str | Path | None = None) -> ScopeClassifier:
-    """The statement-only classifier called ``kind``: ``embedding`` or ``cross-encoder`` (from ``path``)."""
-    if kind == "embedding":
-        return EmbeddingScope(embedder, threshold=EMBEDDING_THRESHOLD)
-    if kind == "cross-encoder":
-        return CrossEncoderScope.load(path or default_scope_path())
-    raise ValueError(f"unknown scope classifier {kind!r}; choose one of: {', '.join(SCOPES)}")
-
 
 class SERACRouter(Router):
     """SERAC over ``memory``: ``scope`` is ``"edit"`` (default), ``"embedding"``,
