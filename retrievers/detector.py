@@ -174,6 +174,7 @@ class EditScope:
     """
 
     name = "edit"
+    CACHE_SIZE = 50_000
 
     def __init__(self, embedder: Any = None, folder: str | Path | None = None, threshold: float | None = None,
                  head: Head | None = None, meta: dict[str, Any] | None = None) -> None:
@@ -196,21 +197,21 @@ class EditScope:
         return self._embedder
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Embeddings of ``texts``, each computed once (an LRU cache of 50,000 texts)."""
+        """Embeddings of ``texts``, each computed once (an LRU cache of ``CACHE_SIZE`` texts;
+        one call may ask for more texts than that)."""
         with self._lock:
-            missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
+            found = {t: self._cache[t] for t in dict.fromkeys(texts) if t in self._cache}
+            for t in found:
+                self._cache.move_to_end(t)
+        missing = [t for t in dict.fromkeys(texts) if t not in found]
         if missing:
             fresh = self.embedder.encode(missing)
             with self._lock:
                 for text, vector in zip(missing, fresh):
-                    self._cache[text] = vector
-                while len(self._cache) > 50_000:
+                    self._cache[text] = found[text] = vector
+                while len(self._cache) > self.CACHE_SIZE:
                     self._cache.popitem(last=False)
-        with self._lock:
-            out = [self._cache[t] for t in texts]
-            for t in texts:
-                self._cache.move_to_end(t)
-        return np.stack(out) if out else np.zeros((0, self.embedder.dim), np.float32)
+        return np.stack([found[t] for t in texts]) if texts else np.zeros((0, self.embedder.dim), np.float32)
 
     def prepare(self, edits: Sequence[Any]) -> None:
         """Embed the texts of ``edits`` that every question about them needs, in large batches

@@ -134,6 +134,15 @@ def test_the_shipped_bank_is_the_templates_embedded(embedder):
     assert np.allclose(bank.vectors[:20], fresh, atol=2e-3)  # stored in float16
 
 
+def test_one_call_may_embed_more_texts_than_the_cache_holds(embedder):
+    scope = EditScope(embedder)
+    scope.CACHE_SIZE = 3
+    texts = [f"Where was person number {i} born?" for i in range(7)] + ["Where was person number 0 born?"]
+    vectors = scope.embed(texts)  # more distinct texts than the cache keeps: none may go missing
+    assert vectors.shape == (8, embedder.dim) and np.allclose(vectors[0], vectors[7])
+    assert np.allclose(vectors, embedder.encode(texts), atol=1e-6) and len(scope._cache) == 3
+
+
 def test_an_edit_s_side_of_the_bank_is_scored_once_and_gives_the_same_verdicts(embedder):
     from memedit.edit import Edit
 
