@@ -202,7 +202,9 @@ def featurise(scope: EditScope, pairs: Sequence[ScopePair], progress: bool = Tru
     texts: list[str] = []
     for p in pairs:
         texts += scope.texts(p.question, [p.edit])[2]
-    scope.embed(list(dict.fromkeys(texts)))  # warm the cache in large batches
+    texts = list(dict.fromkeys(texts))
+    scope.CACHE_SIZE = max(scope.CACHE_SIZE, 2 * len(texts))  # every text stays cached until its pair is read
+    scope.embed(texts)  # warm the cache in large batches
     rows = []
     for p in tqdm(pairs, desc="scope features", unit="pair", file=sys.stderr, disable=not progress):
         rows.append(scope.features(p.question, [p.edit])[0][0])
