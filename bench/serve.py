@@ -75,6 +75,15 @@ def start_server(db: str, port: int, max_tokens: int, log: Path) -> subprocess.P
             time.sleep(0.3)
 
 
+def stop_server(process: subprocess.Popen) -> None:
+    """Ask the server to stop (SIGINT); kill it if it has not within 30 s."""
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -297,8 +306,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"   the same questions again (their vectors cached by the detector, so no MiniLM pass): "
                   f"memedit overhead p50 {statistics.median(again.overhead):.1f} ms")
         if args.quiet_only:
-            process.send_signal(signal.SIGINT)
-            process.wait(timeout=30)
+            stop_server(process)
             return 0
 
         # 1. load
@@ -333,11 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         result = asyncio.run(fuzz(url, keys, ids, args.fuzz, seed=17))
         print(f"\n3. fuzz: {result['requests']} requests with mixed keys over {len(keys)} namespaces: "
               f"cross-namespace reads {result['cross_reads']} (target 0), 5xx {result['server_errors']}")
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_server(process)
     return 0
 
 

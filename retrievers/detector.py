@@ -198,12 +198,14 @@ class EditScope:
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Embeddings of ``texts``, each computed once (an LRU cache of ``CACHE_SIZE`` texts;
-        one call may ask for more texts than that)."""
+        one call may ask for more texts than that). The edit side of the relation bank is kept
+        up to the same number of relation texts."""
+        distinct = list(dict.fromkeys(texts))
         with self._lock:
-            found = {t: self._cache[t] for t in dict.fromkeys(texts) if t in self._cache}
+            found = {t: self._cache[t] for t in distinct if t in self._cache}
             for t in found:
                 self._cache.move_to_end(t)
-        missing = [t for t in dict.fromkeys(texts) if t not in found]
+        missing = [t for t in distinct if t not in found]
         if missing:
             fresh = self.embedder.encode(missing)
             with self._lock:
@@ -298,7 +300,7 @@ class EditScope:
         if missing:
             fresh = bank.scores(pair_vectors[1::3][missing])
             with self._lock:
-                if len(self._edit_bank) > 50_000:
+                if len(self._edit_bank) > self.CACHE_SIZE:
                     self._edit_bank.clear()
                 for i, row in zip(missing, fresh):
                     self._edit_bank[relations[i]] = row

@@ -108,6 +108,9 @@ def template_pairs(path: str | Path = TEMPLATES, seed: int = 0, per_question: in
     for relation in relations:
         pool = names[relation["subject_type"]]
         same = [r for r in relations if r is not relation and group[r["name"]] == group[relation["name"]]]
+        others = [r for r in by_type[relation["subject_type"]] if group[r["name"]] != group[relation["name"]]] \
+            or [r for r in relations if group[r["name"]] != group[relation["name"]]]
+        ranked = None if near is None else sorted(others, key=lambda r: -near[relation["name"], r["name"]])  # confusable first
         for question in relation["questions"]:
             subject = rng.choice(pool)
             text = question.replace("{}", subject, 1)
@@ -116,12 +119,9 @@ def template_pairs(path: str | Path = TEMPLATES, seed: int = 0, per_question: in
             for alike in same:  # asked with the same words: in scope of each other's edits
                 twin = edit(alike, subject)
                 pairs.append(ScopePair(text, twin.statement, 1, "template_same_as", twin))
-            others = [r for r in by_type[relation["subject_type"]] if group[r["name"]] != group[relation["name"]]] \
-                or [r for r in relations if group[r["name"]] != group[relation["name"]]]
-            if near is None:
+            if ranked is None:
                 chosen = rng.sample(others, min(per_question, len(others)))
             else:
-                ranked = sorted(others, key=lambda r: -near[relation["name"], r["name"]])
                 chosen = rng.sample(ranked[:2 * per_question], min(per_question, len(ranked)))
                 rest = [r for r in others if r not in chosen]
                 chosen += [rng.choice(rest)] if rest else []
