@@ -54,6 +54,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data", default=str(DATA), help="KnowEdit wiki_counterfact JSON (train_cf.json)")
     p.add_argument("--rome", type=int, default=10, help="ROME edits (0: skip)")
     p.add_argument("--memit", type=int, nargs="*", default=[10, 100], help="MEMIT batch sizes")
+    p.add_argument("--offset", type=int, default=0,
+                   help="skip this many cases first (tune on a training slice, e.g. --offset 200; the bench's figures use 0)")
+    p.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
+                   help="editor settings for every run, e.g. steps=40 kl_factor=0.5 (see param_editors.settings)")
     p.add_argument("--stats-tokens", type=int, help="corpus tokens behind the key statistics (default: the editors')")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--baseline", action="store_true", help="also run each method with chat_form=False (cloze prompts only)")
@@ -125,7 +129,16 @@ def quality(lm, cases, before) -> dict[str, float | None]:
     return {m: (100 * sum(v) / len(v) if v else None) for m, v in per_metric.items()}
 
 
-def run(lm, cases, method: str, stats_root: Path | None, stats_tokens: int | None, workdir: Path, chat_form: bool = True) -> dict:
+def _setting(item: str) -> tuple[str, float | int]:
+    name, sep, value = item.partition("=")
+    if not sep:
+        raise SystemExit(f"--set takes NAME=VALUE, got {item!r}")
+    number = float(value)
+    return name, int(number) if number.is_integer() and name in ("steps",) else number
+
+
+def run(lm, cases, method: str, stats_root: Path | None, stats_tokens: int | None, workdir: Path, chat_form: bool = True,
+        overrides: dict | None = None) -> dict:
     from memedit.param_editors.deltas import tensor_sha256
 
     from memedit import Memory
@@ -137,7 +150,7 @@ def run(lm, cases, method: str, stats_root: Path | None, stats_tokens: int | Non
         chat_before = forms_reliability(lm, edits)
         with PeakMemory() as peak:
             report = memory.consolidate(lm, method=method, max_locality_loss=1.0, stats_root=stats_root,
-                                        stats_tokens=stats_tokens, progress=True, chat_form=chat_form)
+                                        stats_tokens=stats_tokens, progress=True, chat_form=chat_form, **(overrides or {}))
         scores = quality(lm, cases, before)
         scores.update(forms_reliability(lm, edits))
         scores["chat_whole_before"] = chat_before["chat_whole"]
@@ -163,8 +176,9 @@ def main(argv=None) -> int:
 
     lm = load_model(args.model)
     sizes = [args.rome] + list(args.memit)
-    cases = load_knowedit(args.data, limit=max(sizes), dataset="wiki_counterfact")
-    results: dict = {"model": args.model, "threads": args.threads, "runs": []}
+    cases = load_knowedit(args.data, limit=args.offset + max(sizes), dataset="wiki_counterfact")[args.offset:]
+    overrides = dict(_setting(item) for item in args.set)
+    results: dict = {"model": args.model, "threads": args.threads, "offset": args.offset, "settings": overrides, "runs": []}
     with tempfile.TemporaryDirectory(prefix="memedit-bench-") as tmp:
         tmp = Path(tmp)
         stats_root = tmp / "stats" if args.fresh_stats else None  # None: the shared cache, kept between runs
@@ -182,11 +196,12 @@ def main(argv=None) -> int:
         plan = ([("rome", args.rome)] if args.rome else []) + [("memit", n) for n in args.memit]
         for method, n in plan:
             for chat_form in (True, False) if args.baseline else (True,):
-                row = run(lm, cases[:n], method, stats_root, args.stats_tokens, tmp, chat_form)
+                row = run(lm, cases[:n], method, stats_root, args.stats_tokens, tmp, chat_form, overrides)
                 results["runs"].append(row)
                 print(json.dumps(row), flush=True)
 
-    print(f"\n{args.model}, {args.threads} threads; KnowEdit wiki_counterfact first N cases. Token accuracy (KnowEdit's "
+    print(f"\n{args.model}, {args.threads} threads; KnowEdit wiki_counterfact cases {args.offset} onwards, N of them"
+          f"{'; settings ' + str(overrides) if overrides else ''}. Token accuracy (KnowEdit's "
           "reliability, generality, same-subject locality, portability); 'whole': % of edits whose form gives the whole "
           "target greedily; chat before: the unedited model; locality sample: % of 20 unrelated prompts' greedy tokens "
           "kept, raw and chat")

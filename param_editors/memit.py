@@ -1,7 +1,8 @@
 """MEMIT: a batch of edits spread over a run of MLP down projections.
 
 Each edit's value is a vector δᵢ added to the residual stream at the output of the last
-edited block (subject's last token); the target there is zᵢ = hᵢ + δᵢ. Going up the
+edited block (subject's last token); the target there is zᵢ = hᵢ + δᵢ, for each of the
+edit's forms (cloze contexts, chat question), each form its own key. Going up the
 layers, each layer takes an equal share of what is still missing, (z − h)/(layers left),
 and solves for the update that maps the batch's keys K to it while keeping the
 corpus keys' outputs: ΔW = R Kᵀ (λC + K Kᵀ)⁻¹, with λ = ``mom2_weight`` (see ``settings``). Keys and the
@@ -35,12 +36,16 @@ def apply_memit(lm: LanguageModel, requests: Sequence[Request], settings: Editor
     blocks = find_blocks(lm.model)
     top = blocks[settings.layers[-1]]
     values = optimize_values(lm, requests, top, settings.value, progress=progress, label="MEMIT values")
-    plain = ("{}",)
-    targets = at_subject(lm, requests, top, "output", plain) + torch.stack([v.delta for v in values])
+    chat = settings.value.chat_form
+    # Every form of an edit (each context, the chat question) is a key of its own, mapped
+    # to that form's residual plus the edit's vector: an averaged key would reach the
+    # cloze forms it is close to and miss the chat question, whose key lies apart.
+    targets = at_subject(lm, requests, top, "output", chat=chat, mean=False) + torch.stack([v.delta for v in values])[:, None]
     for i, layer in enumerate(settings.layers):
         down = mlp_down(blocks[layer])
-        keys = at_subject(lm, requests, down, "input", chat=settings.value.chat_form)
-        missing = (targets - at_subject(lm, requests, top, "output", plain)) / (len(settings.layers) - i)
+        keys = at_subject(lm, requests, down, "input", chat=chat, mean=False).flatten(0, 1)
+        missing = (targets - at_subject(lm, requests, top, "output", chat=chat, mean=False)).flatten(0, 1)
+        missing = missing / (len(settings.layers) - i)
         with torch.no_grad():
             weight = settings.mom2_weight or MOM2_PER_DIM * down.in_features
             down.weight += spread(keys, missing, covariance[layer].to(lm.device), weight).to(down.weight.dtype)

@@ -1,9 +1,12 @@
 """ROME: one edit, one rank-one update of one MLP down projection.
 
-The key k is the down projection's input at the subject's last token (averaged over the
-context prefixes); the value is the vector δ that, added to the MLP's output there, makes
-the model write the target. With C the keys' covariance, the update
-ΔW = δ (C⁻¹k)ᵀ / (kᵀC⁻¹k) maps k to W k + δ and moves other keys as little as C allows.
+The keys are the down projection's input at the subject's last token, one per form of the
+edit (each context prefix, the chat question); the value is the vector δ that, added to
+the MLP's output there, makes the model write the target. With C the keys' covariance
+and K the keys, the update ΔW = δ uᵀ with u = C⁻¹K (KᵀC⁻¹K)⁻¹ 1 maps every key k to
+W k + δ and moves other keys as little as C allows (with one key this is published
+ROME's δ (C⁻¹k)ᵀ / (kᵀC⁻¹k); an averaged key would reach the forms near the average and
+miss the chat question, whose key lies apart).
 Several edits are written one after another, each on the weights the last one left.
 """
 
@@ -23,12 +26,15 @@ from .values import optimize_value
 RIDGE = 1e-4  # relative to the covariance's mean diagonal: keeps the solve stable
 
 
-def rank_one(key: torch.Tensor, delta: torch.Tensor, covariance: torch.Tensor) -> torch.Tensor:
-    """ΔW (out × in) that adds ``delta`` to the output for ``key`` (see the module docstring)."""
+def rank_one(keys: torch.Tensor, delta: torch.Tensor, covariance: torch.Tensor) -> torch.Tensor:
+    """ΔW (out × in) that adds ``delta`` to the output for each of ``keys`` (forms × in, or
+    one key), see the module docstring."""
     c = covariance.double()
     c = c + RIDGE * c.diagonal().mean() * torch.eye(c.shape[0], dtype=c.dtype, device=c.device)
-    u = torch.linalg.solve(c, key.double())
-    return (torch.outer(delta.double(), u) / torch.dot(u, key.double())).float()
+    k = keys.double().reshape(-1, c.shape[0]).T           # in × forms
+    ck = torch.linalg.solve(c, k)                           # C⁻¹K
+    u = ck @ torch.linalg.solve(k.T @ ck, torch.ones(k.shape[1], dtype=c.dtype, device=c.device))
+    return torch.outer(delta.double(), u).float()
 
 
 def apply_rome(lm: LanguageModel, requests: Sequence[Request], settings: EditorSettings,
@@ -42,9 +48,9 @@ def apply_rome(lm: LanguageModel, requests: Sequence[Request], settings: EditorS
     cov = covariance[layer].to(lm.device)
     losses = []
     for request in tqdm(requests, desc="ROME", unit="edit", disable=not progress):
-        key = at_subject(lm, [request], down, "input", chat=settings.value.chat_form)[0]
+        keys = at_subject(lm, [request], down, "input", chat=settings.value.chat_form, mean=False)[0]
         value = optimize_value(lm, request, block.mlp, settings.value)
         with torch.no_grad():
-            down.weight += rank_one(key, value.delta, cov).to(down.weight.dtype)
+            down.weight += rank_one(keys, value.delta, cov).to(down.weight.dtype)
         losses.append(value.loss)
     return losses

@@ -64,11 +64,11 @@ def default_settings(lm: LanguageModel, method: str, **overrides: Any) -> Editor
     n = len(find_blocks(lm.model))
     if method == "rome":
         layers = (min(n - 1, round(family["rome_depth"] * n)),)
-        value = ValueSettings(steps=25, lr=0.5, weight_decay=0.5, clamp_norm=4.0)
+        value = ValueSettings(steps=60, lr=0.5, weight_decay=0.1, clamp_norm=4.0)
     else:
         low, high = (min(n - 1, round(d * n)) for d in family["memit_depths"])
         layers = tuple(range(low, high + 1))
-        value = ValueSettings(steps=25, lr=0.5, weight_decay=0.5, clamp_norm=0.75)
+        value = ValueSettings(steps=60, lr=0.5, weight_decay=0.1, clamp_norm=0.75)
     settings = EditorSettings(method, layers, value)
     value_fields = {k: v for k, v in overrides.items() if k in ValueSettings.__dataclass_fields__ and v is not None}
     if value_fields:

@@ -25,6 +25,17 @@ from memedit.retrievers.base import base_prompt
 # "{}" is where the filled cloze prompt goes.
 CONTEXTS = ("{}", "Here is a fact. {}", "I read this in the news today. {}")
 ESSENCE = "{} is a"  # the subject's own description, kept close to the original (the KL term)
+# Other facts about a subject, the relation asked before the subject: an edit must leave
+# these prompts' keys where they were. (With the subject first, the subject's last token
+# has not seen the relation yet, so its key is the same for every such prompt, the
+# edit's own included: nothing can tell those apart.) Our own list; those sharing a
+# content word with the edit's prompt are left out, as they may ask its very fact.
+OTHER_FACTS = (
+    "The gender of {} is", "The occupation of {} is", "The country of {} is", "The native language of {} is",
+    "The religion of {} is", "The founder of {} is", "The sport played by {} is", "The employer of {} is",
+    "The nationality of {} is", "The place of birth of {} is", "The capital of {} is", "The genre of {} is",
+    "The spouse of {} is", "The position held by {} is", "The field of work of {} is", "The location of {} is",
+)
 
 
 @dataclass(frozen=True)
@@ -48,6 +59,18 @@ class Request:
     def continuation(self) -> str:
         """The target as the continuation of the prompt (with the space between them)."""
         return self.target if self.text.endswith((" ", "\n")) else " " + self.target
+
+
+def other_facts(request: Request, templates: Sequence[str] = OTHER_FACTS) -> list[Request]:
+    """The request's subject under each of ``templates`` that shares no content word with
+    its prompt (crudely stemmed), as requests of their own."""
+    from memedit.retrievers.entities import FUNCTION_WORDS, name_tokens, stem
+
+    def words(prompt: str) -> set[str]:
+        return {stem(t) for t in name_tokens(prompt.replace("{}", " ")) if t not in FUNCTION_WORDS}
+
+    own = words(request.prompt)
+    return [Request(request.edit_id, t, request.subject, request.target) for t in templates if not words(t) & own]
 
 
 def encode(lm: LanguageModel, text: str) -> list[int]:
@@ -143,10 +166,12 @@ def run_until(lm: LanguageModel, ids: torch.Tensor, mask: torch.Tensor, module: 
 
 
 def at_subject(lm: LanguageModel, requests: Sequence[Request], module: torch.nn.Module, which: str,
-               contexts: Sequence[str] = CONTEXTS, chat: bool = False, batch_size: int = 16) -> torch.Tensor:
-    """The module's ``which`` ("input" or "output") at each request's subject's last token,
-    averaged over its :func:`forms` (``contexts``, and the chat question when ``chat``):
-    one row per request (float32)."""
+               contexts: Sequence[str] = CONTEXTS, chat: bool = False, batch_size: int = 16,
+               mean: bool = True) -> torch.Tensor:
+    """The module's ``which`` ("input" or "output") at each request's subject's last token
+    in each of its :func:`forms` (``contexts``, and the chat question when ``chat``), as
+    float32: averaged over the forms (one row per request), or with ``mean=False`` one
+    row per form (requests × forms × width)."""
     rows, where = [], []
     for request in requests:
         for form in forms(lm, request, contexts, chat):
@@ -162,4 +187,5 @@ def at_subject(lm: LanguageModel, requests: Sequence[Request], module: torch.nn.
                 run_until(lm, ids, mask, module)
             states = seen[0]
             picked.append(states[torch.arange(len(chunk)), torch.tensor(where[start:start + batch_size])].float())
-    return torch.cat(picked).view(len(requests), len(contexts) + int(chat), -1).mean(1)
+    states = torch.cat(picked).view(len(requests), len(contexts) + int(chat), -1)
+    return states.mean(1) if mean else states

@@ -13,6 +13,7 @@ the result is mathematically the same as one at a time, only faster); an edit wh
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -22,7 +23,8 @@ from memedit.hooks import read_output
 from memedit.layout import output_logits
 from memedit.models import LanguageModel
 
-from .tracing import Request, add_to_output, encode, essence_tokens, forms, pad
+from .tracing import Request, add_to_output, encode, essence_tokens, forms, pad, subject_tokens
+from .tracing import other_facts as other_facts_of
 
 EDITS_PER_BATCH = 8
 
@@ -33,12 +35,13 @@ class ValueSettings:
     ``stop_loss``); ``chat_form``: whether the chat question is one of the edit's forms (see
     ``tracing.forms``); ``kl_factor``, ``weight_decay`` and ``clamp_norm`` as in the module docstring."""
 
-    steps: int = 25
+    steps: int = 60
     lr: float = 0.5
     chat_form: bool = True  # train (and key) on the chat question too, not only the cloze prompt
     stop_loss: float = 0.05
     kl_factor: float = 0.0625
-    weight_decay: float = 0.5
+    other_facts: bool = True  # keep other facts' predictions (``tracing.OTHER_FACTS``) in the KL term
+    weight_decay: float = 0.1
     clamp_norm: float = 4.0
 
 
@@ -53,69 +56,124 @@ class Value:
 
 @dataclass
 class _Rows:
-    """The token rows of a group of requests: per request, one row per context, then the essence row."""
+    """The token rows of a group of requests: per request, one row per form, then the essence row."""
 
-    ids: torch.Tensor
-    mask: torch.Tensor
+    tokens: list[list[int]]   # each row's ids, unpadded
     owner: list[int]          # request index of each row
     where: list[int]          # subject's last token of each row
-    targets: list[tuple[int, torch.Tensor] | None]  # (first predicting position, target ids), None for essence rows
+    targets: list[tuple[int, torch.Tensor] | int]  # (first predicting position, target ids) of a form row;
+    #                                                a kept row's position whose prediction must stay
 
 
-def _rows(lm: LanguageModel, requests: Sequence[Request], chat: bool) -> _Rows:
-    ids, owner, where, targets = [], [], [], []
+def _rows(lm: LanguageModel, requests: Sequence[Request], chat: bool, other_facts: bool) -> _Rows:
+    tokens, owner, where, targets = [], [], [], []
     for i, request in enumerate(requests):
         for form in forms(lm, request, chat=chat):
-            ids.append(form.ids + form.target[:-1])
+            tokens.append(form.ids + form.target[:-1])
             owner.append(i)
             where.append(form.last)
             targets.append((len(form.ids) - 1, torch.tensor(form.target, device=lm.device)))
         essence, last = essence_tokens(lm, request)
-        ids.append(essence)
-        owner.append(i)
-        where.append(last)
-        targets.append(None)
-    padded, mask = pad(lm, ids)
-    return _Rows(padded, mask, owner, where, targets)
+        kept = [(essence, last, last)]  # the essence is read at the subject, the other facts at their end
+        if other_facts:
+            for other in other_facts_of(request):
+                ids, last = subject_tokens(lm, "{}", other)
+                kept.append((ids, last, len(ids) - 1))
+        for ids, last, read in kept:
+            tokens.append(ids)
+            owner.append(i)
+            where.append(last)
+            targets.append(read)
+    return _Rows(tokens, owner, where, targets)
+
+
+class _Suffixes:
+    """The rows split at the subject's last token, where the vector is added.
+
+    Nothing before that token depends on the vector (attention is causal), so the
+    prefixes run once, and every step of the loop runs only the suffixes (the subject's
+    last token onwards) over the prefixes' key/value cache: a chat form's system prompt
+    and a context sentence cost one pass, not one per step."""
+
+    def __init__(self, lm: LanguageModel, rows: _Rows) -> None:
+        self.lm, self.rows = lm, rows
+        self.width = max(rows.where)
+        self.cache = None
+        if self.width:
+            prefixes = [t[:w] + [0] * (self.width - w) for t, w in zip(rows.tokens, rows.where)]
+            with torch.no_grad():  # plain causal: a prefix's padding is never attended to by its suffix
+                out = lm.model(input_ids=torch.tensor(prefixes, device=lm.device), use_cache=True)
+            self.cache = out.cache
+
+    def logits(self, picked: list[int], module: torch.nn.Module, vectors: torch.Tensor) -> torch.Tensor:
+        """Logits at ``_scored(rows, picked)`` with ``vectors[j]`` added to ``module``'s output
+        at the subject's last token of row ``picked[j]``. Form rows and kept rows run as two
+        batches: a kept row is a couple of tokens past its subject, a form row runs to the end
+        of its target, and one batch would pad every kept row to a form row's length."""
+        kinds = [[j for j, r in enumerate(picked) if isinstance(self.rows.targets[r], int) == kept] for kept in (False, True)]
+        parts = [self._run([picked[j] for j in group], module, vectors[group]) for group in kinds if group]
+        return torch.cat(parts)
+
+    def _run(self, picked: list[int], module: torch.nn.Module, vectors: torch.Tensor) -> torch.Tensor:
+        rows, lm = self.rows, self.lm
+        suffixes = [rows.tokens[r][rows.where[r]:] for r in picked]
+        size = max(len(s) for s in suffixes)
+        ids = torch.tensor([s + [0] * (size - len(s)) for s in suffixes], device=lm.device)
+        mask = torch.tensor([[1] * rows.where[r] + [0] * (self.width - rows.where[r]) + [1] * size for r in picked],
+                            device=lm.device)
+        positions = torch.tensor([list(range(rows.where[r], rows.where[r] + size)) for r in picked], device=lm.device)
+        cache = None
+        if self.cache is not None:
+            cache = copy.deepcopy(self.cache)
+            if len(picked) < len(rows.tokens) or picked != sorted(picked):
+                cache.batch_select_indices(torch.tensor(picked, device=lm.device))
+        at_rows, at_pos = _scored(rows, picked)
+        with add_to_output(module, range(len(picked)), [0] * len(picked), vectors):
+            return logits_at(lm, ids, mask, at_rows, at_pos, positions=positions, cache=cache)
 
 
 def _scored(rows: _Rows, picked: list[int]) -> tuple[list[int], list[int]]:
-    """(batch row, position) of every scored position: the target tokens' predictions of
-    each context row, then the subject's last token of each essence row."""
-    at_rows, at_pos, essence_rows, essence_pos = [], [], [], []
+    """(batch row, suffix position) of every scored position: the target tokens' predictions
+    of each form row, then the read position of each kept row."""
+    at_rows, at_pos, kept_rows, kept_pos = [], [], [], []
     for j, row in enumerate(picked):
         target = rows.targets[row]
-        if target is None:
-            essence_rows.append(j)
-            essence_pos.append(rows.where[row])
+        if isinstance(target, int):
+            kept_rows.append(j)
+            kept_pos.append(target - rows.where[row])
         else:
             start, tokens = target
+            start -= rows.where[row]
             at_rows += [j] * len(tokens)
             at_pos += range(start, start + len(tokens))
-    return at_rows + essence_rows, at_pos + essence_pos
+    return at_rows + kept_rows, at_pos + kept_pos
 
 
-def logits_at(lm: LanguageModel, ids: torch.Tensor, mask: torch.Tensor, at_rows: list[int], at_pos: list[int]) -> torch.Tensor:
+def logits_at(lm: LanguageModel, ids: torch.Tensor, mask: torch.Tensor, at_rows: list[int], at_pos: list[int],
+              **inputs) -> torch.Tensor:
     """The model's logits at the given (row, position) pairs only: the output head runs on
-    those positions, not on the whole batch (it costs a fifth of a small model)."""
+    those positions, not on the whole batch (it costs a fifth of a small model). ``inputs``
+    go to the model as they are (``positions``: its ``position_ids``, ``cache``)."""
     model = lm.model
+    if "positions" in inputs:
+        inputs["position_ids"] = inputs.pop("positions")
     body = getattr(model, "base_model", model)
     head = model.get_output_embeddings()
     if body is model or head is None:
-        return model(input_ids=ids, attention_mask=mask, use_cache=False).logits[at_rows, at_pos]
-    hidden = body(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        return model(input_ids=ids, attention_mask=mask, use_cache=False, **inputs).logits[at_rows, at_pos]
+    hidden = body(input_ids=ids, attention_mask=mask, use_cache=False, **inputs).last_hidden_state
     return output_logits(model, hidden[at_rows, at_pos])
 
 
 def _losses(logits: torch.Tensor, rows: _Rows, picked: list[int], reference: dict[int, torch.Tensor],
             n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per request (of ``n``): the mean target NLL over its context rows, and its essence KL.
-    ``logits`` are those of ``_scored(rows, picked)``, in that order."""
-    gold, scored, essence = [], [], []  # scored: (row, its number of target tokens)
+    """Per request (of ``n``): the mean target NLL over its form rows, and the mean KL of
+    its kept rows. ``logits`` are those of ``_scored(rows, picked)``, in that order."""
+    gold, scored, kept = [], [], []  # scored: (row, its number of target tokens)
     for row in picked:
         target = rows.targets[row]
-        if target is None:
-            essence.append(row)
+        if isinstance(target, int):
+            kept.append(row)
         else:
             gold.append(target[1])
             scored.append((row, len(target[1])))
@@ -127,36 +185,37 @@ def _losses(logits: torch.Tensor, rows: _Rows, picked: list[int], reference: dic
     for row, size in scored:
         per_row.setdefault(rows.owner[row], []).append(token_nll[start:start + size].mean())
         start += size
-    kl_of: dict[int, torch.Tensor] = {}
-    for k, row in enumerate(essence):
+    kl_of: dict[int, list[torch.Tensor]] = {}
+    for k, row in enumerate(kept):
         current = torch.log_softmax(logits[count + k].float(), -1)
-        kl_of[rows.owner[row]] = torch.nn.functional.kl_div(current, reference[row], log_target=True, reduction="sum")
+        kl = torch.nn.functional.kl_div(current, reference[row], log_target=True, reduction="sum")
+        kl_of.setdefault(rows.owner[row], []).append(kl)
     zero = logits.new_zeros((), dtype=torch.float32)
     nll = torch.stack([torch.stack(per_row[i]).mean() if i in per_row else zero for i in range(n)])
-    return nll, torch.stack([kl_of.get(i, zero) for i in range(n)])
+    return nll, torch.stack([torch.stack(kl_of[i]).mean() if i in kl_of else zero for i in range(n)])
 
 
 def _optimize_group(lm: LanguageModel, requests: Sequence[Request], module: torch.nn.Module,
                     settings: ValueSettings) -> list[Value]:
-    rows = _rows(lm, requests, settings.chat_form)
+    rows = _rows(lm, requests, settings.chat_form, settings.other_facts)
     n = len(requests)
+    ids, mask = pad(lm, rows.tokens)
     with torch.no_grad(), read_output(module) as seen:
-        logits = lm.model(input_ids=rows.ids, attention_mask=rows.mask, use_cache=False).logits
+        logits = lm.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
     first_row = [rows.owner.index(i) for i in range(n)]
     original = torch.stack([seen[0][r, rows.where[r]].float() for r in first_row])
-    reference = {r: torch.log_softmax(logits[r, rows.where[r]].float(), -1)
-                 for r, t in enumerate(rows.targets) if t is None}
+    reference = {r: torch.log_softmax(logits[r, t].float(), -1) for r, t in enumerate(rows.targets) if isinstance(t, int)}
     deltas = torch.zeros_like(original, requires_grad=True)
     optimizer = torch.optim.Adam([deltas], lr=settings.lr)
     limit = settings.clamp_norm * original.norm(dim=1)
     losses = [float("inf")] * n
     steps = [0] * n
     done = torch.zeros(n, dtype=torch.bool)
+    suffixes = _Suffixes(lm, rows)
     for step in range(1, settings.steps + 1):
         live = [r for r, owner in enumerate(rows.owner) if not done[owner]]
         owners = [rows.owner[r] for r in live]
-        with add_to_output(module, range(len(live)), [rows.where[r] for r in live], deltas[owners]):
-            logits = logits_at(lm, rows.ids[live], rows.mask[live], *_scored(rows, live))
+        logits = suffixes.logits(live, module, deltas[owners])
         nll, kl = _losses(logits, rows, live, reference, n)
         decay = settings.weight_decay * (deltas.norm(dim=1) / original.norm(dim=1)) ** 2
         for i in set(owners):

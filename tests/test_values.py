@@ -1,0 +1,89 @@
+"""The value loop's pieces on SmolLM2: the suffix-only passes give the logits a whole pass
+gives, the kept rows ask other facts about the subject, and ROME's update reaches every
+form's key."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from memedit.layout import find_blocks
+from memedit.param_editors import values
+from memedit.param_editors.rome import rank_one
+from memedit.param_editors.tracing import OTHER_FACTS, Request, add_to_output, other_facts, pad
+
+REQUESTS = [Request("a", "The mother tongue of {} is", "Danielle Darrieux", "English"),
+            Request("b", "{} is a citizen of", "Paris Hilton", "Japan")]
+
+
+def whole_pass_logits(lm, rows, picked, module, vectors):
+    """The same scored positions as ``_scored``, from one pass over the whole rows."""
+    ids, mask = pad(lm, [rows.tokens[r] for r in picked])
+    at_rows, at_pos, kept_rows, kept_pos = [], [], [], []
+    for j, r in enumerate(picked):
+        target = rows.targets[r]
+        if isinstance(target, int):
+            kept_rows.append(j)
+            kept_pos.append(target)
+        else:
+            at_rows += [j] * len(target[1])
+            at_pos += range(target[0], target[0] + len(target[1]))
+    with add_to_output(module, range(len(picked)), [rows.where[r] for r in picked], vectors):
+        return values.logits_at(lm, ids, mask, at_rows + kept_rows, at_pos + kept_pos)
+
+
+@pytest.mark.parametrize("subset", [False, True])
+def test_suffix_passes_give_the_logits_of_a_whole_pass(lm, subset):
+    rows = values._rows(lm, REQUESTS, chat=True, other_facts=True)
+    module = find_blocks(lm.model)[6].mlp
+    torch.manual_seed(0)
+    deltas = torch.randn(len(REQUESTS), lm.model.config.hidden_size) * 3
+    picked = list(range(len(rows.tokens)))
+    if subset:  # the second request finished early: only the first one's rows run
+        picked = [r for r in picked if rows.owner[r] == 0]
+    vectors = deltas[[rows.owner[r] for r in picked]]
+    with torch.no_grad():
+        expected = whole_pass_logits(lm, rows, picked, module, vectors)
+        got = values._Suffixes(lm, rows).logits(picked, module, vectors)
+        unmoved = values._Suffixes(lm, rows).logits(picked, module, torch.zeros_like(vectors))
+    assert got.shape == expected.shape
+    assert torch.allclose(got, expected, atol=2e-3, rtol=1e-4), float((got - expected).abs().max())
+    assert not torch.allclose(got, unmoved, atol=1e-2)  # the vectors do reach the scored positions
+
+
+def test_kept_rows_ask_the_subjects_other_facts_and_read_their_last_token(lm):
+    request = REQUESTS[0]
+    rows = values._rows(lm, [request], chat=True, other_facts=True)
+    kept = [r for r, t in enumerate(rows.targets) if isinstance(t, int)]
+    assert len(kept) == 1 + len(other_facts(request))  # the essence, then each other fact
+    essence, *others = kept
+    assert rows.targets[essence] == rows.where[essence]
+    for r in others:
+        assert rows.targets[r] == len(rows.tokens[r]) - 1
+        assert lm.tokenizer.decode(rows.tokens[r][:rows.where[r] + 1]).endswith(request.subject)
+    assert len(values._rows(lm, [request], chat=True, other_facts=False).tokens) == len(rows.tokens) - len(others)
+
+
+def test_other_facts_leave_out_templates_that_share_a_word_with_the_edit():
+    asked = [r.prompt for r in other_facts(Request("a", "The occupation of {} is", "X", "y"))]
+    assert "The occupation of {} is" not in asked and "The gender of {} is" in asked
+    asked = [r.prompt for r in other_facts(Request("a", "{} was born in the place of", "X", "y"))]
+    assert "The place of birth of {} is" not in asked
+    assert len(other_facts(Request("a", "{} is a citizen of", "X", "y"))) == len(OTHER_FACTS)
+    assert all("{}" in t and not t.startswith("{}") for t in OTHER_FACTS)  # the relation comes first
+
+
+def test_rank_one_update_adds_the_value_at_every_forms_key():
+    torch.manual_seed(1)
+    x = torch.randn(500, 24)
+    covariance = x.T @ x / len(x)
+    keys = torch.randn(4, 24)
+    delta = torch.randn(10)
+    update = rank_one(keys, delta, covariance)
+    assert torch.linalg.matrix_rank(update) == 1
+    for key in keys:
+        assert torch.allclose(update @ key, delta, atol=1e-4)
+    # One key: published ROME's δ (C⁻¹k)ᵀ / (kᵀC⁻¹k).
+    c = covariance.double() + 1e-4 * covariance.double().diagonal().mean() * torch.eye(24, dtype=torch.float64)
+    u = torch.linalg.solve(c, keys[0].double())
+    assert torch.allclose(rank_one(keys[0], delta, covariance), (torch.outer(delta.double(), u) / u.dot(keys[0].double())).float(),
+                          atol=1e-5)
