@@ -7,7 +7,9 @@ Shared by the white-box editors (GRACE in ``retrievers``, ROME and MEMIT in
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from contextlib import contextmanager
+
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -33,6 +35,28 @@ def find_blocks(model: torch.nn.Module) -> Sequence[torch.nn.Module]:
             return obj
     raise ValueError(f"cannot find the decoder blocks of {type(model).__name__}: white-box editing needs blocks "
                      f"with an .mlp (Llama, Qwen2, Gemma3 layouts); pass a local Hugging Face causal LM")
+
+
+@contextmanager
+def blocks_from(model: torch.nn.Module, start: int) -> Iterator[bool]:
+    """While the block runs, the model's body runs only its blocks from ``start`` on; the
+    caller feeds the hidden state entering block ``start`` as ``inputs_embeds`` (each
+    block keeps its own index into a key/value cache). Yields False, and changes nothing,
+    where that is unsafe: a model whose blocks are not all of one attention type (its body
+    picks each block's mask by the block's place in the list)."""
+    kinds = set(getattr(getattr(model, "config", None), "layer_types", None) or ())
+    path = next((p for p in BLOCK_PATHS if attribute(model, p) is not None), None)
+    if start == 0 or len(kinds) > 1 or path is None:
+        yield False
+        return
+    owner_path, _, name = path.rpartition(".")
+    owner = attribute(model, owner_path) if owner_path else model
+    blocks = getattr(owner, name)
+    setattr(owner, name, torch.nn.ModuleList(list(blocks)[start:]))
+    try:
+        yield True
+    finally:
+        setattr(owner, name, blocks)
 
 
 def final_norm(model: torch.nn.Module) -> torch.nn.Module | None:

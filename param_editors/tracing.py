@@ -160,9 +160,12 @@ def add_to_output(module: torch.nn.Module, rows: Sequence[int], positions: Seque
     return hooks.replace_output(module, added)
 
 
-def run_until(lm: LanguageModel, ids: torch.Tensor, mask: torch.Tensor, module: torch.nn.Module) -> None:
-    """Run the model on a batch only as far as ``module`` (hooks on it and below see the pass)."""
-    hooks.run_until(module, lambda: lm.model(input_ids=ids, attention_mask=mask, use_cache=False))
+def run_until(lm: LanguageModel, ids: torch.Tensor, mask: torch.Tensor, module: torch.nn.Module, positions=None,
+              cache=None) -> None:
+    """Run the model on a batch only as far as ``module`` (hooks on it and below see the pass),
+    at ``positions`` after a key/value ``cache`` where given."""
+    extra = {} if cache is None else {"cache": cache, "position_ids": positions}
+    hooks.run_until(module, lambda: lm.model(input_ids=ids, attention_mask=mask, use_cache=False, **extra))
 
 
 def at_subject(lm: LanguageModel, requests: Sequence[Request], module: torch.nn.Module, which: str,

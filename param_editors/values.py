@@ -19,11 +19,11 @@ from typing import Sequence
 
 import torch
 
-from memedit.hooks import read_output
-from memedit.layout import output_logits
+from memedit.hooks import read_input, read_output
+from memedit.layout import blocks_from, find_blocks, output_logits
 from memedit.models import LanguageModel
 
-from .tracing import Request, add_to_output, encode, essence_tokens, forms, pad, subject_tokens
+from .tracing import Request, add_to_output, encode, essence_tokens, forms, pad, run_until, subject_tokens
 from .tracing import other_facts as other_facts_of
 
 EDITS_PER_BATCH = 8
@@ -90,12 +90,13 @@ def _rows(lm: LanguageModel, requests: Sequence[Request], chat: bool, other_fact
 class _Suffixes:
     """The rows split at the subject's last token, where the vector is added.
 
-    Nothing before that token depends on the vector (attention is causal), so the
-    prefixes run once, and every step of the loop runs only the suffixes (the subject's
-    last token onwards) over the prefixes' key/value cache: a chat form's system prompt
-    and a context sentence cost one pass, not one per step."""
+    Nothing before that token depends on the vector (attention is causal), and nothing
+    below the block that adds it: so the prefixes run once, the suffixes run once up to
+    that block, and every step of the loop runs only the suffixes (the subject's last
+    token onwards) through the blocks from there up, over the prefixes' key/value cache.
+    A chat form's system prompt and a context sentence cost one pass, not one per step."""
 
-    def __init__(self, lm: LanguageModel, rows: _Rows) -> None:
+    def __init__(self, lm: LanguageModel, rows: _Rows, module: torch.nn.Module) -> None:
         self.lm, self.rows = lm, rows
         self.width = max(rows.where)
         self.cache = None
@@ -104,6 +105,32 @@ class _Suffixes:
             with torch.no_grad():  # plain causal: a prefix's padding is never attended to by its suffix
                 out = lm.model(input_ids=torch.tensor(prefixes, device=lm.device), use_cache=True)
             self.cache = out.cache
+        blocks = find_blocks(lm.model)
+        self.start = next(i for i, b in enumerate(blocks) if any(m is module for m in b.modules()))
+        self.entering = None  # each row's suffix as it enters block ``start``
+        with blocks_from(lm.model, self.start) as self.skips:
+            pass
+        if self.skips:
+            everything = list(range(len(rows.tokens)))
+            with torch.no_grad(), read_input(blocks[self.start]) as seen:
+                ids, mask, positions, cache = self._inputs(everything)
+                run_until(lm, ids, mask, blocks[self.start], positions=positions, cache=cache)
+            self.entering = [seen[0][r, :len(rows.tokens[r]) - rows.where[r]] for r in everything]
+
+    def _inputs(self, picked: list[int]):
+        rows, lm = self.rows, self.lm
+        suffixes = [rows.tokens[r][rows.where[r]:] for r in picked]
+        size = max(len(s) for s in suffixes)
+        ids = torch.tensor([s + [0] * (size - len(s)) for s in suffixes], device=lm.device)
+        mask = torch.tensor([[1] * rows.where[r] + [0] * (self.width - rows.where[r]) + [1] * size for r in picked],
+                            device=lm.device)
+        positions = torch.tensor([list(range(rows.where[r], rows.where[r] + size)) for r in picked], device=lm.device)
+        cache = None
+        if self.cache is not None:
+            cache = copy.deepcopy(self.cache)
+            if picked != list(range(len(rows.tokens))):
+                cache.batch_select_indices(torch.tensor(picked, device=lm.device))
+        return ids, mask, positions, cache
 
     def logits(self, picked: list[int], module: torch.nn.Module, vectors: torch.Tensor) -> torch.Tensor:
         """Logits at ``_scored(rows, picked)`` with ``vectors[j]`` added to ``module``'s output
@@ -115,21 +142,15 @@ class _Suffixes:
         return torch.cat(parts)
 
     def _run(self, picked: list[int], module: torch.nn.Module, vectors: torch.Tensor) -> torch.Tensor:
-        rows, lm = self.rows, self.lm
-        suffixes = [rows.tokens[r][rows.where[r]:] for r in picked]
-        size = max(len(s) for s in suffixes)
-        ids = torch.tensor([s + [0] * (size - len(s)) for s in suffixes], device=lm.device)
-        mask = torch.tensor([[1] * rows.where[r] + [0] * (self.width - rows.where[r]) + [1] * size for r in picked],
-                            device=lm.device)
-        positions = torch.tensor([list(range(rows.where[r], rows.where[r] + size)) for r in picked], device=lm.device)
-        cache = None
-        if self.cache is not None:
-            cache = copy.deepcopy(self.cache)
-            if len(picked) < len(rows.tokens) or picked != sorted(picked):
-                cache.batch_select_indices(torch.tensor(picked, device=lm.device))
-        at_rows, at_pos = _scored(rows, picked)
+        ids, mask, positions, cache = self._inputs(picked)
+        at_rows, at_pos = _scored(self.rows, picked)
         with add_to_output(module, range(len(picked)), [0] * len(picked), vectors):
-            return logits_at(lm, ids, mask, at_rows, at_pos, positions=positions, cache=cache)
+            if not self.skips:
+                return logits_at(self.lm, ids, mask, at_rows, at_pos, positions=positions, cache=cache)
+            entering = torch.nn.utils.rnn.pad_sequence([self.entering[r] for r in picked], batch_first=True)
+            with blocks_from(self.lm.model, self.start):
+                return logits_at(self.lm, None, mask, at_rows, at_pos, positions=positions, cache=cache,
+                                 inputs_embeds=entering)
 
 
 def _scored(rows: _Rows, picked: list[int]) -> tuple[list[int], list[int]]:
@@ -211,7 +232,7 @@ def _optimize_group(lm: LanguageModel, requests: Sequence[Request], module: torc
     losses = [float("inf")] * n
     steps = [0] * n
     done = torch.zeros(n, dtype=torch.bool)
-    suffixes = _Suffixes(lm, rows)
+    suffixes = _Suffixes(lm, rows, module)
     for step in range(1, settings.steps + 1):
         live = [r for r, owner in enumerate(rows.owner) if not done[owner]]
         owners = [rows.owner[r] for r in live]

@@ -43,8 +43,9 @@ def test_suffix_passes_give_the_logits_of_a_whole_pass(lm, subset):
     vectors = deltas[[rows.owner[r] for r in picked]]
     with torch.no_grad():
         expected = whole_pass_logits(lm, rows, picked, module, vectors)
-        got = values._Suffixes(lm, rows).logits(picked, module, vectors)
-        unmoved = values._Suffixes(lm, rows).logits(picked, module, torch.zeros_like(vectors))
+        got = values._Suffixes(lm, rows, module).logits(picked, module, vectors)
+        unmoved = values._Suffixes(lm, rows, module).logits(picked, module, torch.zeros_like(vectors))
+    assert values._Suffixes(lm, rows, module).skips  # the blocks below the vector run once, not each step
     assert got.shape == expected.shape
     assert torch.allclose(got, expected, atol=2e-3, rtol=1e-4), float((got - expected).abs().max())
     assert not torch.allclose(got, unmoved, atol=1e-2)  # the vectors do reach the scored positions
