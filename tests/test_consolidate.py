@@ -259,7 +259,7 @@ def test_memit_batch_of_ten_edits_mostly_succeeds(lm, open_memory, db_path):
     took_before = [model.score(e.prompt.format(e.subject), " " + e.target).token_accuracy == 1.0 for e in stored]
     report = memory.consolidate(model, method="memit", stats_tokens=STATS_TOKENS, steps=40)
     assert report.committed
-    # The cloze form takes for most edits; the chat form, on SmolLM2 with MEMIT, for few (see the README).
+    # The cloze form takes for most edits (how often the chat form does too is the bench's figure, see the README).
     assert sum(o.reliability == 1.0 for o in report.outcomes) >= 7, report.lines()
     assert sum(took_before) <= 3
     for o in report.outcomes:  # consolidated exactly when both forms give the target
