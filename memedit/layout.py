@@ -37,18 +37,24 @@ def find_blocks(model: torch.nn.Module) -> Sequence[torch.nn.Module]:
                      f"with an .mlp (Llama, Qwen2, Gemma3 layouts); pass a local Hugging Face causal LM")
 
 
+def can_start_at(model: torch.nn.Module, start: int) -> bool:
+    """Whether the model's body can run its blocks from ``start`` on only (see
+    :func:`blocks_from`): not where its blocks differ in attention type, since its body
+    picks each block's mask by the block's place in the list."""
+    kinds = set(getattr(getattr(model, "config", None), "layer_types", None) or ())
+    return start > 0 and len(kinds) <= 1 and any(attribute(model, p) is not None for p in BLOCK_PATHS)
+
+
 @contextmanager
 def blocks_from(model: torch.nn.Module, start: int) -> Iterator[bool]:
     """While the block runs, the model's body runs only its blocks from ``start`` on; the
     caller feeds the hidden state entering block ``start`` as ``inputs_embeds`` (each
     block keeps its own index into a key/value cache). Yields False, and changes nothing,
-    where that is unsafe: a model whose blocks are not all of one attention type (its body
-    picks each block's mask by the block's place in the list)."""
-    kinds = set(getattr(getattr(model, "config", None), "layer_types", None) or ())
-    path = next((p for p in BLOCK_PATHS if attribute(model, p) is not None), None)
-    if start == 0 or len(kinds) > 1 or path is None:
+    where :func:`can_start_at` says no."""
+    if not can_start_at(model, start):
         yield False
         return
+    path = next(p for p in BLOCK_PATHS if attribute(model, p) is not None)
     owner_path, _, name = path.rpartition(".")
     owner = attribute(model, owner_path) if owner_path else model
     blocks = getattr(owner, name)

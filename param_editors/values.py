@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 
 from memedit.hooks import read_input, read_output
-from memedit.layout import blocks_from, find_blocks, output_logits
+from memedit.layout import blocks_from, can_start_at, find_blocks, output_logits
 from memedit.models import LanguageModel
 
 from .tracing import Request, add_to_output, encode, essence_tokens, forms, pad, run_until, subject_tokens
@@ -108,8 +108,7 @@ class _Suffixes:
         blocks = find_blocks(lm.model)
         self.start = next(i for i, b in enumerate(blocks) if any(m is module for m in b.modules()))
         self.entering = None  # each row's suffix as it enters block ``start``
-        with blocks_from(lm.model, self.start) as self.skips:
-            pass
+        self.skips = can_start_at(lm.model, self.start)
         if self.skips:
             everything = list(range(len(rows.tokens)))
             with torch.no_grad(), read_input(blocks[self.start]) as seen:
