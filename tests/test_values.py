@@ -88,3 +88,65 @@ def test_rank_one_update_adds_the_value_at_every_forms_key():
     u = torch.linalg.solve(c, keys[0].double())
     assert torch.allclose(rank_one(keys[0], delta, covariance), (torch.outer(delta.double(), u) / u.dot(keys[0].double())).float(),
                           atol=1e-5)
+
+
+def test_baseline_gives_the_whole_pass_output_at_the_subject_and_the_kept_rows_reference(lm):
+    from memedit.hooks import read_output
+
+    rows = values._rows(lm, REQUESTS, chat=True, other_facts=True)
+    module = find_blocks(lm.model)[6].mlp
+    width = lm.model.config.hidden_size
+    with torch.no_grad():
+        outputs, reference = values._Suffixes(lm, rows, module).baseline(module, width)
+        ids, mask = pad(lm, rows.tokens)
+        with read_output(module) as seen:
+            logits = lm.model(input_ids=ids, attention_mask=mask).logits
+    assert sorted(outputs) == list(range(len(rows.tokens)))
+    for r, where in enumerate(rows.where):
+        assert torch.allclose(outputs[r], seen[0][r, where], atol=1e-4)
+    kept = [r for r, t in enumerate(rows.targets) if isinstance(t, int)]
+    assert sorted(reference) == kept
+    for r in kept:
+        expected = torch.log_softmax(logits[r, rows.targets[r]], -1)
+        assert torch.allclose(reference[r].exp(), expected.exp(), atol=1e-4)
+
+
+def test_weights_as_swaps_the_precision_and_puts_every_weight_back_bit_for_bit(lm):
+    before = {name: p.detach().clone() for name, p in lm.model.named_parameters()}
+    storage = {name: p.data_ptr() for name, p in lm.model.named_parameters()}  # the very tensors come back
+    with values.weights_as(lm.model, torch.bfloat16):
+        assert all(p.dtype == torch.bfloat16 for p in lm.model.parameters())
+        reply = lm.model(input_ids=torch.tensor([[1, 2, 3]])).logits
+    assert reply.dtype == torch.bfloat16
+    for name, p in lm.model.named_parameters():
+        assert p.data_ptr() == storage[name] and torch.equal(p, before[name])
+    with pytest.raises(RuntimeError), values.weights_as(lm.model, torch.bfloat16):
+        raise RuntimeError("a failure inside the draft")
+    assert all(p.data_ptr() == storage[name] for name, p in lm.model.named_parameters())
+
+
+def test_a_drafted_value_meets_the_stop_loss_measured_in_float32(lm, monkeypatch):
+    monkeypatch.setattr(values, "draft_dtype", lambda lm, settings: torch.bfloat16)  # whatever this CPU has
+    module = find_blocks(lm.model)[6].mlp
+    settings = values.ValueSettings(steps=40)
+    phases = []
+    real_run = values._Descent.run
+
+    def run(self, suffixes, reference, last):
+        phases.append(suffixes.entering[0].dtype)
+        return real_run(self, suffixes, reference, last)
+
+    monkeypatch.setattr(values._Descent, "run", run)
+    value = values._optimize_group(lm, [REQUESTS[0]], module, settings)[0]
+    assert phases == [torch.bfloat16, torch.float32]  # the draft, then float32 from where it stopped
+    assert value.loss < settings.stop_loss and 1 < value.steps <= settings.steps
+    # The reported loss is the float32 model's, for the vector returned.
+    rows = values._rows(lm, [REQUESTS[0]], chat=True, other_facts=True)
+    suffixes = values._Suffixes(lm, rows, module)
+    _, reference = suffixes.baseline(module, lm.model.config.hidden_size)
+    picked = list(range(len(rows.tokens)))
+    with torch.no_grad():
+        nll, _ = values._losses(suffixes.logits(picked, module, value.delta.expand(len(picked), -1)), rows, picked,
+                                reference, 1)
+    assert abs(float(nll[0]) - value.loss) < 1e-4
+    assert all(p.dtype == torch.float32 for p in lm.model.parameters())
