@@ -310,13 +310,13 @@ class _Descent:
         self.steps = [0] * n
         self.step = 0
 
-    def run(self, suffixes: "_Suffixes", reference: dict[int, torch.Tensor], last: int) -> None:
+    def run(self, suffixes: "_Suffixes", reference: dict[int, torch.Tensor]) -> None:
         """Steps until every edit's loss, measured at the current precision, is under the
-        stop loss, or step ``last`` is done; at least one measuring pass."""
+        stop loss, or the phases together have taken ``steps`` steps; a phase measures at
+        least once, and measures the vectors it leaves."""
         rows, settings, deltas = self.rows, self.settings, self.deltas
         done = torch.zeros(self.n, dtype=torch.bool)
         while True:
-            self.step += 1
             live = [r for r, owner in enumerate(rows.owner) if not done[owner]]
             owners = [rows.owner[r] for r in live]
             logits = suffixes.logits(live, self.module, deltas[owners])
@@ -325,7 +325,7 @@ class _Descent:
                 self.losses[i], self.steps[i] = float(nll[i].detach()), self.step
                 if self.losses[i] < settings.stop_loss:
                     done[i] = True
-            if bool(done.all()) or self.step >= last:
+            if bool(done.all()) or self.step >= settings.steps:
                 return
             decay = settings.weight_decay * (deltas.norm(dim=1) / self.original_norm) ** 2
             frozen = deltas.detach()[done].clone()
@@ -338,6 +338,7 @@ class _Descent:
                 norms = deltas.norm(dim=1)
                 scale = torch.where(norms > self.limit, self.limit / norms.clamp_min(1e-12), torch.ones_like(norms))
                 deltas.mul_(scale.unsqueeze(1))
+            self.step += 1
 
 
 def _optimize_group(lm: LanguageModel, requests: Sequence[Request], module: torch.nn.Module,
@@ -353,8 +354,8 @@ def _optimize_group(lm: LanguageModel, requests: Sequence[Request], module: torc
     if draft is not None:
         with weights_as(lm.model, draft):
             drafted = suffixes.cast(draft) or _Suffixes(lm, rows, module)
-            descent.run(drafted, drafted.baseline(module, width)[1], last=settings.steps - 1)
-    descent.run(suffixes, reference, last=settings.steps)
+            descent.run(drafted, drafted.baseline(module, width)[1])
+    descent.run(suffixes, reference)
     return [Value(descent.deltas[i].detach().clone(), descent.losses[i], descent.steps[i]) for i in range(n)]
 
 
