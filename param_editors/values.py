@@ -142,15 +142,16 @@ class _Suffixes:
             other.entering = [e.to(dtype) for e in self.entering]
         return other
 
-    def baseline(self, module: torch.nn.Module, width: int) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+    def baseline(self, module: torch.nn.Module) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
         """With no vector added: ``module``'s output at each row's subject's last token, and
         each kept row's log-probabilities (the KL term's reference), by row."""
         outputs, reference = {}, {}
         everything = list(range(len(self.rows.tokens)))
+        hidden = self.lm.model.get_input_embeddings().weight.shape[1]
         with torch.no_grad():
             for group in self._groups(everything):
                 with read_output(module) as seen:
-                    logits = self._run(group, module, torch.zeros(len(group), width, device=self.lm.device))
+                    logits = self._run(group, module, torch.zeros(len(group), hidden, device=self.lm.device))
                 outputs.update({r: seen[0][j, 0].float() for j, r in enumerate(group)})
                 kept = [r for r in group if isinstance(self.rows.targets[r], int)]
                 scored = logits[len(logits) - len(kept):]  # the kept rows' positions come last
@@ -299,9 +300,9 @@ def weights_as(model: torch.nn.Module, dtype: torch.dtype | None) -> Iterator[No
 class _Descent:
     """The Adam loop over one group's vectors, in one or more phases (the draft, then the model's precision)."""
 
-    def __init__(self, lm: LanguageModel, rows: _Rows, module: torch.nn.Module, n: int, original: torch.Tensor,
+    def __init__(self, rows: _Rows, module: torch.nn.Module, n: int, original: torch.Tensor,
                  settings: ValueSettings) -> None:
-        self.lm, self.rows, self.module, self.n, self.settings = lm, rows, module, n, settings
+        self.rows, self.module, self.n, self.settings = rows, module, n, settings
         self.original_norm = original.norm(dim=1)
         self.deltas = torch.zeros_like(original, requires_grad=True)
         self.optimizer = torch.optim.Adam([self.deltas], lr=settings.lr)
@@ -346,15 +347,14 @@ def _optimize_group(lm: LanguageModel, requests: Sequence[Request], module: torc
     rows = _rows(lm, requests, settings.chat_form, settings.other_facts)
     n = len(requests)
     suffixes = _Suffixes(lm, rows, module)
-    width = lm.model.get_input_embeddings().weight.shape[1]
-    outputs, reference = suffixes.baseline(module, width)
+    outputs, reference = suffixes.baseline(module)
     original = torch.stack([outputs[rows.owner.index(i)] for i in range(n)])  # at each request's first form
-    descent = _Descent(lm, rows, module, n, original, settings)
+    descent = _Descent(rows, module, n, original, settings)
     draft = draft_dtype(lm, settings)
     if draft is not None:
         with weights_as(lm.model, draft):
             drafted = suffixes.cast(draft) or _Suffixes(lm, rows, module)
-            descent.run(drafted, drafted.baseline(module, width)[1])
+            descent.run(drafted, drafted.baseline(module)[1])
     descent.run(suffixes, reference)
     return [Value(descent.deltas[i].detach().clone(), descent.losses[i], descent.steps[i]) for i in range(n)]
 

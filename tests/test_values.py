@@ -95,9 +95,8 @@ def test_baseline_gives_the_whole_pass_output_at_the_subject_and_the_kept_rows_r
 
     rows = values._rows(lm, REQUESTS, chat=True, other_facts=True)
     module = find_blocks(lm.model)[6].mlp
-    width = lm.model.config.hidden_size
     with torch.no_grad():
-        outputs, reference = values._Suffixes(lm, rows, module).baseline(module, width)
+        outputs, reference = values._Suffixes(lm, rows, module).baseline(module)
         ids, mask = pad(lm, rows.tokens)
         with read_output(module) as seen:
             logits = lm.model(input_ids=ids, attention_mask=mask).logits
@@ -143,7 +142,7 @@ def test_a_drafted_value_meets_the_stop_loss_measured_in_float32(lm, monkeypatch
     # The reported loss is the float32 model's, for the vector returned.
     rows = values._rows(lm, [REQUESTS[0]], chat=True, other_facts=True)
     suffixes = values._Suffixes(lm, rows, module)
-    _, reference = suffixes.baseline(module, lm.model.config.hidden_size)
+    _, reference = suffixes.baseline(module)
     picked = list(range(len(rows.tokens)))
     with torch.no_grad():
         nll, _ = values._losses(suffixes.logits(picked, module, value.delta.expand(len(picked), -1)), rows, picked,
