@@ -129,11 +129,23 @@ def quality(lm, cases, before) -> dict[str, float | None]:
     return {m: (100 * sum(v) / len(v) if v else None) for m, v in per_metric.items()}
 
 
-def _setting(item: str) -> tuple[str, float | int]:
+def _setting(item: str) -> tuple[str, bool | float | int]:
+    """One ``--set NAME=VALUE``: the value as the setting's type (true/false/1/0 for a flag)."""
+    from memedit.param_editors.values import ValueSettings
+
     name, sep, value = item.partition("=")
     if not sep:
         raise SystemExit(f"--set takes NAME=VALUE, got {item!r}")
-    number = float(value)
+    field = ValueSettings.__dataclass_fields__.get(name)
+    if field is not None and field.type in (bool, "bool"):
+        flags = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+        if value.lower() not in flags:
+            raise SystemExit(f"--set {name} takes true or false, got {value!r}")
+        return name, flags[value.lower()]
+    try:
+        number = float(value)
+    except ValueError:
+        raise SystemExit(f"--set {name} takes a number, got {value!r}") from None
     return name, int(number) if number.is_integer() and name in ("steps",) else number
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from memedit.checks import whole_number
+from memedit.errors import ArgumentError
 from memedit.layout import find_blocks
 from memedit.models import LanguageModel
 
@@ -91,5 +92,14 @@ def _check(settings: EditorSettings, n: int) -> None:
     if settings.method == "rome" and len(settings.layers) != 1:
         raise ValueError(f"ROME edits one layer; got layers={settings.layers!r} (use method='memit' for several)")
     whole_number("stats_tokens", settings.stats_tokens, 1024)
-    if not settings.value.steps >= 1 or not settings.value.lr > 0:
-        raise ValueError(f"steps must be 1 or more and lr above 0, got steps={settings.value.steps!r}, lr={settings.value.lr!r}")
+    value = settings.value
+    for name in ("chat_form", "other_facts", "bfloat16_draft"):
+        if not isinstance(getattr(value, name), bool):
+            raise ArgumentError(name, f"must be True or False, got {getattr(value, name)!r}")
+    whole_number("steps", value.steps, 1)
+    for name in ("lr", "stop_loss", "kl_factor", "weight_decay", "clamp_norm"):
+        number = getattr(value, name)
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not number >= 0:
+            raise ArgumentError(name, f"must be a number of 0 or more, got {number!r}")
+    if not value.lr > 0:
+        raise ArgumentError("lr", f"must be above 0, got {value.lr!r}")
