@@ -56,6 +56,9 @@ FREE_TEXT_COSINE = 0.701
 # a neighbouring entity ("Which continent is England in?" for "The United Kingdom is in
 # Oceania") comes close to 0.701.
 UNNAMED_COSINE = 0.8
+# A question whose kind of answer the edit's target cannot be (``entities.answer_clash``) is
+# out of the edit's scope whatever the head says: its score is capped at this share of the threshold.
+CLASH_SCORE = 0.5
 SCALARS = ("relation", "answer", "clash", "statement", "prompt", *(f"mention_{k}" for k in ("none", *KINDS)), "coverage", "typos", "name_likeness",
            "target_named", "free_text", "question_length", "relation_words", *BANK_FEATURES)
 
@@ -183,6 +186,7 @@ class EditScope:
         self.head, self.meta = head, dict(meta or {})
         self.threshold = float(threshold if threshold is not None else self.meta.get("threshold", 0.5))
         self.bank_holdout: float | None = None  # training only: see RelationBank.scores
+        self.bank_without_own = False  # training only: see RelationBank.features
         self._embedder = embedder
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._edit_bank: dict[str, np.ndarray] = {}  # an edit's relation text -> its bank scores
@@ -241,6 +245,9 @@ class EditScope:
             cosine = reasons[i].pop("statement_cosine")
             if not head_judges(features[i]):  # nothing of the edit named: the statement's cosine decides
                 scores[i] = self.free_text_score(cosine, FREE_TEXT_COSINE if edit.subject is None else UNNAMED_COSINE)
+            if features[i, _CLASH] > 0.5:  # "When did X marry?" cannot be answered by "X is married to Y"
+                scores[i] = min(scores[i], CLASH_SCORE * self.threshold)
+                reasons[i]["answer_kind"] = "the question asks for a time or number, or a who or where, that the target is not"
         return [Verdict(e, float(s), bool(s >= self.threshold), r) for e, s, r in zip(edits, scores, reasons)]
 
     def free_text_score(self, cosine: float, bar: float = FREE_TEXT_COSINE) -> float:
@@ -261,12 +268,12 @@ class EditScope:
         wh = wh_word(question)
         rows, reasons = [], []
         length = np.log1p(len(found))
-        for i, (edit, (mention, _, _, _)) in enumerate(zip(edits, plans)):
+        for i, (edit, (mention, asked_text, _, _)) in enumerate(zip(edits, plans)):
             asked, relation, filled = vectors[1 + 3 * i: 4 + 3 * i]
             kind = mention.kind if mention else "none"
             scalars = {
                 "relation": float(asked @ relation), "answer": float(asked @ answers[i]),
-                "clash": answer_clash(question, edit.target), "statement": float(q @ statements[i]), "prompt": float(q @ filled),
+                "clash": answer_clash(asked_text, edit.target), "statement": float(q @ statements[i]), "prompt": float(q @ filled),
                 **{f"mention_{k}": float(kind == k) for k in ("none", *KINDS)},
                 "coverage": mention.coverage if mention else 0.0, "typos": float(mention.typos) if mention else 0.0,
                 "name_likeness": name_likeness(question, edit.prompt, edit.subject) if edit.subject else 0.0,
@@ -310,7 +317,7 @@ class EditScope:
     def _bank_features(self, asked: np.ndarray | None, edit: np.ndarray | None, i: int, wh: int | None) -> dict[str, float]:
         if asked is None or edit is None:  # no bank (see _bank_scores)
             return {name: 0.0 for name in BANK_FEATURES}
-        return self.head.bank.features(asked[i], edit[i], wh)
+        return self.head.bank.features(asked[i], edit[i], wh, self.bank_without_own)
 
     @staticmethod
     def texts(question: str, edits: Sequence[Any], names: dict[str, list[str]] | None = None) -> tuple[list, list, list[str]]:
@@ -340,7 +347,7 @@ class EditScope:
         return np.array([self.judge(p.question, [p.edit])[0].score for p in pairs], dtype=np.float32)
 
 
-_NONE, _TARGET, _FREE = (384 + SCALARS.index(name) for name in ("mention_none", "target_named", "free_text"))
+_NONE, _TARGET, _FREE, _CLASH = (384 + SCALARS.index(name) for name in ("mention_none", "target_named", "free_text", "clash"))
 
 
 def head_judges(row: np.ndarray) -> bool:

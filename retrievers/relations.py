@@ -13,28 +13,23 @@ turns the question's and the edit's scores into the head's relation features.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .entities import mask_prompt
+from .entities import mask_prompt, wh_word_of
 
 TEMPLATES = Path(__file__).parent / "data" / "relation_templates.json"
 FEATURES = ("bank_own", "bank_margin", "bank_agree", "bank_fit", "bank_wh", "wh_asked")
 TEMPERATURE = 0.05  # softmax temperature over relations for the agreement feature
 WH_WORDS = ("who", "where", "when", "what", "which", "how")
-_WH = re.compile(r"\b(who|whom|whose|where|when|what|which|how)\b", re.IGNORECASE)
 
 
 def wh_word(text: str) -> int | None:
     """The index in ``WH_WORDS`` of the first question word of ``text`` (whom, whose: who), or None."""
-    match = _WH.search(text)
-    if match is None:
-        return None
-    word = match.group(1).lower()
-    return WH_WORDS.index("who" if word in ("whom", "whose") else word)
+    word = wh_word_of(text)
+    return None if word is None else WH_WORDS.index(word)
 
 
 def relation_groups(relations: Sequence[dict[str, Any]]) -> list[int]:
@@ -112,19 +107,26 @@ class RelationBank:
             sims = np.where(sims >= holdout, -1.0, sims)
         return np.maximum.reduceat(sims, self._starts, axis=1)
 
-    def features(self, question: np.ndarray, edit: np.ndarray, wh: int | None) -> dict[str, float]:
+    def features(self, question: np.ndarray, edit: np.ndarray, wh: int | None, without_own: bool = False) -> dict[str, float]:
         """The head's relation features from a masked question's and an edit's per-relation
         scores and the question's question word: how well the question fits the edit's relation
         (``bank_own``), by how much more than any other relation (``bank_margin``), how much
         their soft relation choices agree (``bank_agree``), how well the edit's relation is known
         to the bank (``bank_fit``), and how often that relation is asked with the question's
-        word (``bank_wh``: "Who invented X?" is never how a place of origin is asked for)."""
+        word (``bank_wh``: "Who invented X?" is never how a place of origin is asked for).
+        ``without_own`` (training only) scores as if the bank did not know the edit's relation
+        at all, as for an edit whose relation no template asks for."""
         own = int(np.argmax(edit))
+        wh_shares = self.wh
+        if without_own:
+            keep = np.arange(len(edit)) != own
+            question, edit, wh_shares = question[keep], edit[keep], wh_shares[keep]
+            own = int(np.argmax(edit))
         others = np.delete(question, own)
         agree = float(_softmax(question / TEMPERATURE) @ _softmax(edit / TEMPERATURE))
         return {"bank_own": float(question[own]), "bank_margin": float(question[own] - others.max()),
                 "bank_agree": agree, "bank_fit": float(edit[own]),
-                "bank_wh": float(self.wh[own, wh]) if wh is not None else 0.0, "wh_asked": float(wh is not None)}
+                "bank_wh": float(wh_shares[own, wh]) if wh is not None else 0.0, "wh_asked": float(wh is not None)}
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

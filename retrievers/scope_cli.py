@@ -31,32 +31,13 @@ def add_scope_parser(commands: Any) -> None:
     ev.add_argument("-k", type=int, default=5, help="nearest edits considered per question (default 5)")
 
 
-def extra_pairs(path: str) -> list[Any]:
-    """Labelled pairs from a scope-questions file: each question with its edit (in scope)
-    and with the other edits of its group (out of scope: the same entity, another relation)."""
-    from memedit.eval.scope_eval import load_scope_questions
-
-    from .scope import ScopePair
-
-    edits, questions = load_scope_questions(path)
-    groups: dict[str, set[int]] = {}
-    for q in questions:
-        if q.edit is not None:
-            groups.setdefault(q.group, set()).add(q.edit)
-    pairs = []
-    for q in questions:
-        for i in sorted(groups.get(q.group, set()) | ({q.edit} if q.edit is not None else set())):
-            pairs.append(ScopePair(q.text, edits[i].statement, int(i == q.edit), "extra", edits[i]))
-    return pairs
-
-
 def cmd_scope(args: argparse.Namespace) -> int:
     if args.scope_command == "train":
-        from .scope_training import default_training_pairs, train
+        from .scope_training import default_training_pairs, question_pairs, train
 
         pairs = default_training_pairs(args.seed)
         for path in args.extra:
-            pairs += extra_pairs(path)
+            pairs += question_pairs(path)
         scope = train(args.out, pairs, seed=args.seed, progress=not args.no_progress, sources=args.extra)
         meta = scope.meta
         print(f"head written to {args.out}: {meta['train_pairs']} training pairs, threshold {meta['threshold']:.3f}, "

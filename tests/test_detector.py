@@ -32,6 +32,10 @@ NATURAL = Path(__file__).parent / "data" / "natural_scope.jsonl"
     ("The position held by Ken Diston Lipenga is", "Ken Lipenga", "partial"),
     ("where does will work", "Will", "weak"),
     ("which university is meridale in", "Meridale University", "partial"),  # all lower case: still the name
+    ("Who makes Vistaro Pulse headphones?", "the Vistaro Pulse", "exact"),  # a name's leading article may be left out
+    ("Vistaro Plse manufacturer", "the Vistaro Pulse", "fuzzy"),
+    ("Who commands the Temperence Vale?", "HMS Temperance Vale", "partial"),  # part of the name, with a typo
+    ("Who is chancellor at Thornwik Vale University?", "the University of Thornwick Vale", "partial"),
 ])
 def test_a_name_is_found_in_the_ways_people_write_it(question, name, kind):
     mention = find_mention(question, name)
@@ -45,6 +49,7 @@ def test_a_name_is_found_in_the_ways_people_write_it(question, name, kind):
     ("Where was Anna born?", "A"),                        # a one-letter subject is a whole, capital token
     ("Where is Tavin?", "Tavn"),                          # no typos in names under five letters
     ("Which university did Corvin Aldermast go to?", "Meridale University"),  # a common noun, not the name
+    ("Who is the captain of Temperance Bay?", "HMS Temperance Vale"),   # part of another capitalised name
 ])
 def test_other_names_are_not_found(question, name):
     assert find_mention(question, name) is None
@@ -61,6 +66,13 @@ def test_the_kind_of_answer_asked_for_must_fit_the_target():
     assert answer_clash("Where was Tamsin Heatherby born?", "1999") == 1.0
     assert answer_clash("When was Quillmark founded?", "2009") == 0.0
     assert answer_clash("Where does Marisol Quenby work?", "the Lisbon Botanical Institute") == 0.0
+    assert answer_clash("When did X get married?", "Teodor Quarrie") == 1.0
+    assert answer_clash("How many people died when X sank?", "Grelland Head") == 1.0
+    # a time or number in words fits; "when" after the question word asks nothing; the subject is masked
+    assert answer_clash("How many stars does X have?", "four stars") == 0.0
+    assert answer_clash("When is X held?", "the first Saturday of November") == 0.0
+    assert answer_clash("Where did X live when he died?", "Seville") == 0.0
+    assert answer_clash("What studio produced X?", "Famous Players Television") == 0.0
 
 
 def test_a_question_that_uses_the_edit_s_relation_words_is_told_apart_from_one_that_does_not():
@@ -238,6 +250,16 @@ def test_several_edits_about_one_subject_the_question_picks_the_relation(people,
     assert detector.decide("Who is the president of France?").best is None
 
 
+def test_a_question_whose_answer_cannot_be_the_target_is_out_of_scope_and_the_trace_says_why(people, scope):
+    memory, work, born = people
+    detector = ScopeDetector(memory, scope)
+    decision = detector.decide("When was Marisol Quenby born?")
+    assert decision.best is None
+    verdict = next(v for v in decision.verdicts if v.edit.id == born.id)
+    assert verdict.score < scope.threshold and "answer_kind" in verdict.record()
+    assert detector.decide("Where was Marisol Quenby born?").best.id == born.id
+
+
 def test_a_new_edit_a_supersede_and_a_retraction_apply_at_the_next_question(people, scope):
     memory, work, _ = people
     detector = ScopeDetector(memory, scope)
@@ -298,7 +320,8 @@ def test_an_empty_memory_decides_nothing(open_memory, db_path, scope):
 
 
 def test_people_s_wordings_find_their_edit_and_leave_other_questions_alone(embedder, scope):
-    """The test part of our natural-wording set (the bench part is bench/data, which tests never read)."""
+    """The test part of our natural-wording sets (the bench set, bench/data/natural_scope_holdout.jsonl,
+    no test reads; the head trains on retrievers/data/scope_questions.jsonl, not on this one)."""
     edits, questions = load_scope_questions(NATURAL)
     result = evaluate_scope(edits, questions, scope, embedder=embedder)
     assert result["edit_questions"] >= 100 and result["other_questions"] >= 100
@@ -387,3 +410,22 @@ def test_a_question_never_embeds_a_stored_statement_again(open_memory, db_path, 
     recording.texts.clear()
     assert detector.decide("What is the office cat called?").best.id == later.id
     assert later.statement not in recording.texts
+
+
+def test_scope_questions_become_pairs_with_their_edit_and_against_their_group_s_other_edits(tmp_path):
+    from memedit.retrievers.scope_training import question_pairs
+
+    path = tmp_path / "questions.jsonl"
+    path.write_text(json.dumps({"id": "g1", "edits": [
+        {"subject": "Lucan Brightwater", "prompt": "{} works for", "target": "Oskarsson Freight"},
+        {"subject": "Lucan Brightwater", "prompt": "{} was born in", "target": "Tolleby"}],
+        "questions": [{"q": "Who employs Lucan Brightwater?", "edit": 0}, {"q": "Where was Lucan born?", "edit": 1},
+                      {"q": "Which school did Lucan Brightwater attend?", "edit": None}]}) + "\n"
+        + json.dumps({"id": "u1", "edits": [], "questions": [{"q": "Who wrote Hamlet?", "edit": None}]}) + "\n")
+    pairs = question_pairs(path)
+    by_question = {(p.question, p.edit.target): p.label for p in pairs}
+    assert by_question == {("Who employs Lucan Brightwater?", "Oskarsson Freight"): 1,
+                           ("Who employs Lucan Brightwater?", "Tolleby"): 0,
+                           ("Which school did Lucan Brightwater attend?", "Oskarsson Freight"): 0,
+                           ("Where was Lucan born?", "Tolleby"): 1, ("Where was Lucan born?", "Oskarsson Freight"): 0,
+                           ("Which school did Lucan Brightwater attend?", "Tolleby"): 0}
