@@ -186,7 +186,6 @@ class EditScope:
         self.head, self.meta = head, dict(meta or {})
         self.threshold = float(threshold if threshold is not None else self.meta.get("threshold", 0.5))
         self.bank_holdout: float | None = None  # training only: see RelationBank.scores
-        self.bank_without_own = False  # training only: see RelationBank.features
         self._embedder = embedder
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._edit_bank: dict[str, np.ndarray] = {}  # an edit's relation text -> its bank scores
@@ -317,7 +316,7 @@ class EditScope:
     def _bank_features(self, asked: np.ndarray | None, edit: np.ndarray | None, i: int, wh: int | None) -> dict[str, float]:
         if asked is None or edit is None:  # no bank (see _bank_scores)
             return {name: 0.0 for name in BANK_FEATURES}
-        return self.head.bank.features(asked[i], edit[i], wh, self.bank_without_own)
+        return self.head.bank.features(asked[i], edit[i], wh)
 
     @staticmethod
     def texts(question: str, edits: Sequence[Any], names: dict[str, list[str]] | None = None) -> tuple[list, list, list[str]]:
@@ -408,11 +407,6 @@ class StatementScope:
     def judge(self, question: str, edits: Sequence[Any], names: Any = None) -> list[Verdict]:
         scores = self.classifier.scores(question, [e.statement for e in edits]) if edits else []
         return [Verdict(e, float(s), bool(s >= self.threshold)) for e, s in zip(edits, scores)]
-
-    def masked(self, question: str, edits: Sequence[Any], names: dict[str, list[str]] | None = None) -> list[str]:
-        """The question with each named subject masked out: the texts :meth:`judge` embeds
-        for ``edits`` beside the question itself."""
-        return list(dict.fromkeys(asked for mention, asked, _, _ in self.texts(question, edits, names)[1] if mention))
 
     def pair_scores(self, pairs: Sequence[Any]) -> np.ndarray:
         return self.classifier.pair_scores(pairs)

@@ -107,26 +107,19 @@ class RelationBank:
             sims = np.where(sims >= holdout, -1.0, sims)
         return np.maximum.reduceat(sims, self._starts, axis=1)
 
-    def features(self, question: np.ndarray, edit: np.ndarray, wh: int | None, without_own: bool = False) -> dict[str, float]:
+    def features(self, question: np.ndarray, edit: np.ndarray, wh: int | None) -> dict[str, float]:
         """The head's relation features from a masked question's and an edit's per-relation
         scores and the question's question word: how well the question fits the edit's relation
         (``bank_own``), by how much more than any other relation (``bank_margin``), how much
         their soft relation choices agree (``bank_agree``), how well the edit's relation is known
         to the bank (``bank_fit``), and how often that relation is asked with the question's
-        word (``bank_wh``: "Who invented X?" is never how a place of origin is asked for).
-        ``without_own`` (training only) scores as if the bank did not know the edit's relation
-        at all, as for an edit whose relation no template asks for."""
+        word (``bank_wh``: "Who invented X?" is never how a place of origin is asked for)."""
         own = int(np.argmax(edit))
-        wh_shares = self.wh
-        if without_own:
-            keep = np.arange(len(edit)) != own
-            question, edit, wh_shares = question[keep], edit[keep], wh_shares[keep]
-            own = int(np.argmax(edit))
         others = np.delete(question, own)
         agree = float(_softmax(question / TEMPERATURE) @ _softmax(edit / TEMPERATURE))
         return {"bank_own": float(question[own]), "bank_margin": float(question[own] - others.max()),
                 "bank_agree": agree, "bank_fit": float(edit[own]),
-                "bank_wh": float(wh_shares[own, wh]) if wh is not None else 0.0, "wh_asked": float(wh is not None)}
+                "bank_wh": float(self.wh[own, wh]) if wh is not None else 0.0, "wh_asked": float(wh is not None)}
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

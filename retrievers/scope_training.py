@@ -58,11 +58,6 @@ TEMPLATE_ROUNDS = 6  # the template pairs are drawn six times (other names, othe
 # While training and calibrating, bank rows this close to a question are ignored: a template
 # question must not find itself (or its lower-cased copy) in the bank, as a new wording never does.
 BANK_HOLDOUT = 0.97
-# A share of the pairs is featurised as if the bank did not know the edit's relation: people
-# edit relations no template asks for (an album's producer, a ship's commanding officer), and
-# a head that only ever saw known relations trusts the bank's margin for those too, where it
-# means nothing, and rejects questions whose masked form matches the edit's prompt closely.
-BANK_WITHOUT_OWN = 0.3
 
 
 def knowedit_training_pairs(data: Path | None = None, cases: tuple[int, int] = TRAIN_CASES, seed: int = 0) -> list[ScopePair]:
@@ -222,11 +217,8 @@ def typed_forms(pairs: Sequence[ScopePair], seed: int = 0, share: float = 0.5) -
     return out
 
 
-def featurise(scope: EditScope, pairs: Sequence[ScopePair], progress: bool = True, without_own: float = 0.0,
-              seed: int = 0) -> np.ndarray:
-    """The head's input rows for ``pairs``, embedding every distinct text once; for a
-    ``without_own`` share of them (drawn with ``seed``), the relation features as if the bank
-    did not know the edit's relation."""
+def featurise(scope: EditScope, pairs: Sequence[ScopePair], progress: bool = True) -> np.ndarray:
+    """The head's input rows for ``pairs``, embedding every distinct text once."""
     from tqdm import tqdm
 
     texts: list[str] = []
@@ -236,11 +228,8 @@ def featurise(scope: EditScope, pairs: Sequence[ScopePair], progress: bool = Tru
     scope.CACHE_SIZE = max(scope.CACHE_SIZE, 2 * len(texts))  # every text stays cached until its pair is read
     scope.embed(texts)  # warm the cache in large batches
     rows = []
-    rng = random.Random(seed)
     for p in tqdm(pairs, desc="scope features", unit="pair", file=sys.stderr, disable=not progress):
-        scope.bank_without_own = rng.random() < without_own
         rows.append(scope.features(p.question, [p.edit])[0][0])
-    scope.bank_without_own = False
     return np.stack(rows)
 
 
@@ -294,12 +283,12 @@ def train(out: str | Path, pairs: Sequence[ScopePair] | None = None, embedder: A
     bank = RelationBank.build(scope.embed)
     blank.bank = bank
     scope.bank_holdout = BANK_HOLDOUT
-    x, y = _judged(featurise(scope, train_pairs, progress, BANK_WITHOUT_OWN, seed), train_pairs)
+    x, y = _judged(featurise(scope, train_pairs, progress), train_pairs)
     columns = None if relation_vector else np.arange(384, 384 + len(SCALARS))
     members = [fit_head(x, y, seed + i, columns=columns) for i in range(ENSEMBLE)]
     weights = {**members[0], **{k: np.stack([m[k] for m in members]) for k in ("w1", "b1", "w2", "b2")}, **bank_arrays(bank)}
     scope.head = Head(weights)
-    held_x, labels = _judged(featurise(scope, held_all, False, BANK_WITHOUT_OWN, seed + 1), held_all)
+    held_x, labels = _judged(featurise(scope, held_all, progress=False), held_all)
     held_scores = scope.head.probabilities(held_x)
     scope.bank_holdout = None
     threshold = plateau_threshold(held_scores, labels)
@@ -313,7 +302,7 @@ def train(out: str | Path, pairs: Sequence[ScopePair] | None = None, embedder: A
             "threshold": threshold, "seed": seed, "train_pairs": len(train_pairs), "calibration_pairs": len(held_all),
             "calibration": {k: round(fit[k], 4) for k in ("precision", "recall", "f1")},
             "data": ["KnowEdit ZsRE and WikiData_counterfact cases 200-799", "relation_templates.json", "scope_questions.jsonl", *sources],
-            "bank": {"relations": bank.size, "rows": len(bank.relation), "holdout": BANK_HOLDOUT, "without_own": BANK_WITHOUT_OWN},
+            "bank": {"relations": bank.size, "rows": len(bank.relation), "holdout": BANK_HOLDOUT},
             "seconds": round(time.perf_counter() - started, 1), "sha256": sha256_file(folder / HEAD_FILE)}
     write_atomic(folder / HEAD_META, (json.dumps(meta, indent=2) + "\n").encode())
     scope.meta, scope.threshold = meta, threshold
