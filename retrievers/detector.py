@@ -38,7 +38,7 @@ from memedit.embeddings import DEFAULT_EMBEDDER
 from memedit.errors import ModelPackageError
 from memedit.files import check_sha256
 
-from .entities import (CACHED_LENGTH, KINDS, answer_clash, Mention, find_mention, fold, mask, mask_prompt, mentions_text, name_likeness, name_tokens,
+from .entities import (CACHED_LENGTH, KINDS, TYPO_MIN, answer_clash, Mention, find_mention, fold, mask, mask_prompt, mentions_text, name_likeness, name_tokens,
                        relation_words, tokens)
 from .relations import FEATURES as BANK_FEATURES
 from .relations import RelationBank, bank_from_arrays, wh_word
@@ -478,11 +478,11 @@ class NameIndex:
 
 
 def _keys(token: str) -> list[str]:
-    """The token and, for tokens of five letters or more, each one-letter deletion (so a
-    typo of one letter still shares a key). Short function words are no key."""
+    """The token and, for tokens of ``TYPO_MIN`` letters or more, each one-letter deletion (so
+    a typo of one letter still shares a key). Short function words are no key."""
     if len(token) < 2 or token in _COMMON:
         return []
-    if len(token) < 5:
+    if len(token) < TYPO_MIN:
         return [token]
     return [token] + [token[:i] + token[i + 1:] for i in range(len(token))]
 

@@ -32,6 +32,9 @@ STOPWORDS = frozenset("a an and at by de del der for from in of on or the to van
 KINDS = ("exact", "fuzzy", "partial", "weak")
 PLACEHOLDER = "X"
 MAX_QUESTION_TOKENS = 400
+# A word of a name may be misspelt (one letter added, dropped, changed or two swapped) when it
+# has at least this many letters; the misspelt form then has at least one fewer.
+TYPO_MIN = 5
 MAX_GAP = 2  # a partial name may have up to two other words inside it ("Ken Diston Lipenga" for "Ken Lipenga")  # longer questions are matched on their first 400 tokens
 
 
@@ -153,7 +156,7 @@ def find_mention(question: str, name: str, question_tokens: Sequence[tuple[str, 
         for got, want in zip(window, wanted):
             if got == want:
                 continue
-            if len(want) < 5 or len(got) < 4:
+            if len(want) < TYPO_MIN or len(got) < TYPO_MIN - 1:
                 typos = allowed + 1
                 break
             typos += typo_distance(got, want)
@@ -234,12 +237,12 @@ def _partial(found: Sequence[tuple[str, int, int]], wanted: tuple[str, ...]) -> 
 
 def _name_token(token: str, wanted: Sequence[str]) -> str | None:
     """The token of the name that a question's ``token`` is: itself, or one it misspells (one
-    typo, in a word of five letters or more); None when it is none of the name's."""
+    typo, in a word of ``TYPO_MIN`` letters or more); None when it is none of the name's."""
     if token in wanted:
         return token
-    if len(token) >= 4:
+    if len(token) >= TYPO_MIN - 1:
         for word in wanted:
-            if len(word) >= 5 and typo_distance(token, word) <= 1:
+            if len(word) >= TYPO_MIN and typo_distance(token, word) <= 1:
                 return word
     return None
 
@@ -333,10 +336,11 @@ def answer_clash(question: str, target: str | None) -> float:
     if not target:
         return 0.0
     first = wh_word_of(question)
-    numeric = bool(re.search(r"\d", target)) or bool(_NUMBER_WORDS.search(target))
-    if (first == "when" or _TIME_PHRASE.search(question) or _NUMBER_QUESTION.search(question)) and not numeric:
+    has_digit = bool(re.search(r"\d", target))
+    if (first == "when" or _TIME_PHRASE.search(question) or _NUMBER_QUESTION.search(question)) \
+            and not (has_digit or _NUMBER_WORDS.search(target)):
         return 1.0
-    only_number = bool(re.search(r"\d", target)) and not re.search(r"[^\W\d_]{4,}", target)
+    only_number = has_digit and not re.search(r"[^\W\d_]{4,}", target)
     return 1.0 if first in ("who", "where") and only_number else 0.0
 
 
