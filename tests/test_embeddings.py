@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from memedit.embeddings import BertForward, Embedder, get_embedder
+from memedit.embeddings import BertForward, Embedder, get_embedder, matmul_dtype
 
 TEXTS = ["Who employs Marisol Quenby?", "", "  padded with spaces  ", "¿Dónde trabaja Marisol Quenby?",
          "The capital of France is Paris. " * 80,  # past the 256-token limit: truncated the same way
@@ -17,14 +18,52 @@ def reference(embedder: Embedder, texts: list[str]) -> np.ndarray:
 
 
 def test_the_direct_path_gives_sentence_transformers_vectors():
-    embedder = get_embedder()
-    assert embedder._direct is not None  # all-MiniLM-L6-v2 is a plain pipeline
+    embedder = Embedder("exact", get_embedder()._model, precision="float32")
+    assert embedder.precision == "float32" and embedder._direct is not None  # all-MiniLM-L6-v2 is a plain pipeline
     assert isinstance(embedder._direct[1], BertForward)  # and its encoder runs through the lean forward
     got = embedder.encode(TEXTS, batch_size=3)
     assert got.shape == (len(TEXTS), embedder.dim) and got.dtype == np.float32
     assert np.abs(got - reference(embedder, TEXTS)).max() < 1e-5
     assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
     assert np.abs(embedder.encode_one(TEXTS[0]) - got[0]).max() < 1e-5  # alone or in a batch
+
+
+def test_bfloat16_products_stay_within_a_hair_of_the_float32_vectors():
+    import torch
+
+    exact = Embedder("exact", get_embedder()._model, precision="float32")
+    fast = Embedder("fast", get_embedder()._model, precision="bfloat16")
+    assert fast.precision == "bfloat16" and fast._direct[1].layers[0][0].dtype == torch.bfloat16
+    want, got = exact.encode(TEXTS, batch_size=3), fast.encode(TEXTS, batch_size=3)
+    assert got.dtype == np.float32 and np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    assert 0 < np.abs(got - want).max() < 2e-2  # not the same arithmetic, and close to it
+    assert (got * want).sum(1).min() > 0.9999  # cosine to the float32 vector of the same text
+    scores_exact, scores_fast = want @ want.T, got @ want.T
+    assert np.abs(scores_fast - scores_exact).max() < 5e-3  # a question's score against stored vectors
+    assert (fast.encode_one(TEXTS[0]) * got[0]).sum() > 0.99999  # alone or in a batch
+
+
+def test_packed_bfloat16_weights_give_the_plain_products_numbers(monkeypatch):
+    import torch
+
+    module, tokenizer = get_embedder()._model[0].auto_model, get_embedder()._model[0].tokenizer
+    batch = tokenizer(TEXTS, padding=True, truncation=True, max_length=256, return_tensors="pt")
+    fast = BertForward(module, torch.bfloat16)
+    monkeypatch.setattr(BertForward, "_pack", lambda self: False)
+    plain = BertForward(module, torch.bfloat16)
+    assert plain.packed is False and isinstance(fast.packed, bool)  # packed where oneDNN can (it can on x86)
+    with torch.inference_mode():
+        assert torch.equal(fast(**batch), plain(**batch))
+
+
+def test_the_precision_setting_is_checked(monkeypatch):
+    import torch
+
+    monkeypatch.setenv("MEMEDIT_EMBED_PRECISION", "float32")
+    assert matmul_dtype() is torch.float32 and matmul_dtype("bfloat16") is torch.bfloat16
+    monkeypatch.setenv("MEMEDIT_EMBED_PRECISION", "half")
+    with pytest.raises(ValueError, match="MEMEDIT_EMBED_PRECISION='half': use one of auto, float32, bfloat16"):
+        matmul_dtype()
 
 
 def test_a_pipeline_of_another_kind_goes_through_encode():
