@@ -144,16 +144,31 @@ class Head:
         return 1.0 / (1.0 + np.exp(-np.clip(self.logits(x), -30, 30)))
 
 
+_heads: dict[tuple, tuple[Head, dict[str, Any]]] = {}  # loaded heads, by their files' identity
+_heads_lock = threading.Lock()
+
+
 def load_head(folder: str | Path | None = None) -> tuple[Head, dict[str, Any]]:
     """The head in ``folder`` (default: the one shipped with memedit), checked against the
-    SHA-256 in its ``scope_head.json``; ModelPackageError when missing or changed."""
-    from safetensors.numpy import load_file
-
+    SHA-256 in its ``scope_head.json``; ModelPackageError when missing or changed. Loaded
+    once per process while its files stay the same (a server makes a detector per namespace)."""
     folder = Path(folder) if folder is not None else HEAD_DIR
     fix = f"rebuild it with: {TRAIN_COMMAND} --out {folder}"
     meta_path, weights = folder / HEAD_META, folder / HEAD_FILE
     if not meta_path.is_file() or not weights.is_file():
         raise ModelPackageError(f"{folder} holds no scope detector head ({HEAD_META} and {HEAD_FILE}); {fix}")
+    stats = [p.stat() for p in (meta_path, weights)]
+    key = (str(folder.resolve()), *((s.st_ino, s.st_size, s.st_mtime_ns) for s in stats))
+    with _heads_lock:
+        if key not in _heads:
+            _heads[key] = _read_head(meta_path, weights, fix)
+        head, meta = _heads[key]
+    return head, dict(meta)
+
+
+def _read_head(meta_path: Path, weights: Path, fix: str) -> tuple[Head, dict[str, Any]]:
+    from safetensors.numpy import load_file
+
     try:
         meta = json.loads(meta_path.read_text())
         expected, threshold = meta["sha256"], float(meta["threshold"])

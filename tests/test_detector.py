@@ -225,6 +225,22 @@ def test_a_changed_head_is_refused_with_the_command_that_rebuilds_it(tmp_path):
         load_head(copy)
 
 
+def test_a_head_is_read_once_while_its_files_stay_the_same(tmp_path):
+    copy = tmp_path / "head"
+    shutil.copytree(HEAD_DIR, copy)
+    first, meta = load_head(copy)
+    again, meta_again = load_head(copy)
+    assert again is first and meta_again == meta and meta_again is not meta  # one Head; each caller its own meta
+    meta_again["threshold"] = 0.0
+    assert load_head(copy)[1]["threshold"] == meta["threshold"]
+    weights = copy / "scope_head.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))  # changed after it was loaded: checked again, and refused
+    with pytest.raises(ModelPackageError, match="SHA-256"):
+        load_head(copy)
+
+
 # ---------------------------------------------------------------- decisions over a memory
 
 
