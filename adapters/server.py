@@ -133,7 +133,8 @@ def _meta(namespace: str, router: str, route: str, edits: list[Any], timing: Any
     total = time.perf_counter() - started
     return {"namespace": namespace, "router": router, "route": route, "edits": [e.id for e in edits],
             "timing": {"queued_ms": round(timing.queued * 1000, 3), "generation_ms": round(timing.generation * 1000, 3),
-                       "overhead_ms": round((total - timing.queued - timing.generation) * 1000, 3)}}
+                       "resumed_ms": round(timing.resumed * 1000, 3),
+                       "overhead_ms": round((total - timing.queued - timing.generation - timing.resumed) * 1000, 3)}}
 
 
 def _validation_response(error: RequestValidationError) -> JSONResponse:

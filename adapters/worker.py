@@ -24,10 +24,13 @@ TIMED = ("generate", "generate_many", "generate_batch", "score", "score_many")
 
 @dataclass
 class Timing:
-    """Seconds a job waited for the worker, and spent inside the model's calls."""
+    """Seconds a job waited for the worker, spent inside the model's calls, and waited
+    after it finished for the event loop to take up its result (busy with other requests)."""
 
     queued: float = 0.0
     generation: float = 0.0
+    resumed: float = 0.0
+    finished: float = 0.0  # perf_counter() when the job ended
 
 
 class Finished(Exception):
@@ -84,12 +87,15 @@ class ModelWorker:
                 return job(), timing
         finally:
             timing.generation = self._local.seconds
+            timing.finished = time.perf_counter()
 
     # -- running jobs -----------------------------------------------------------------------
     async def run(self, job: Callable[[], T]) -> tuple[T, Timing]:
         """Run ``job()`` on the worker; its result and timing."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._job, job, time.perf_counter())
+        result, timing = await loop.run_in_executor(self._executor, self._job, job, time.perf_counter())
+        timing.resumed = time.perf_counter() - timing.finished
+        return result, timing
 
     async def stream(self, job: Callable[[], Generator[str, None, T]]) -> AsyncIterator[tuple[str, Any]]:
         """Run the generator ``job()`` on the worker and yield ``("piece", text)`` as it

@@ -44,6 +44,7 @@ from pathlib import Path
 
 import httpx
 
+from memedit.embeddings import matmul_dtype
 from memedit.keys import KeyRing
 
 OVERHEAD_TARGET_MS = 10.0
@@ -55,9 +56,12 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(db: str, port: int, max_tokens: int, log: Path) -> subprocess.Popen:
-    """``memedit serve`` on 127.0.0.1:port, once it answers."""
+def start_server(db: str, port: int, max_tokens: int, log: Path, precision: str | None = None) -> subprocess.Popen:
+    """``memedit serve`` on 127.0.0.1:port, once it answers (``precision``: the embedder's,
+    else the default)."""
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    if precision:
+        env["MEMEDIT_EMBED_PRECISION"] = precision
     process = subprocess.Popen([sys.executable, "-m", "memedit.cli", "--db", db, "serve", "--host", "127.0.0.1",
                                 "--port", str(port), "--max-tokens", str(max_tokens)],
                                env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
@@ -99,6 +103,7 @@ class Tally:
         self.latency: dict[str, list[float]] = {"edits": [], "chat": []}
         self.overhead: list[float] = []
         self.generation: list[float] = []
+        self.resumed: list[float] = []
         self.server_errors = 0
         self.other_errors: dict[str, int] = {}
 
@@ -143,6 +148,7 @@ async def ask(http: httpx.AsyncClient, namespace: str, n: int, max_tokens: int, 
         timing = response.json()["memedit"]["timing"]
         tally.overhead.append(timing["overhead_ms"])
         tally.generation.append(timing["generation_ms"])
+        tally.resumed.append(timing.get("resumed_ms", 0.0))
     elif response.status_code >= 500:
         tally.server_errors += 1
     else:
@@ -266,6 +272,21 @@ async def fuzz(url: str, keys: dict[str, str], ids: dict[str, list[str]], count:
     return out
 
 
+def baseline_alone(tmp: str, args: argparse.Namespace) -> None:
+    """Part 0 again on a second server (its own database) whose embedder multiplies in float32."""
+    db, log, port = str(Path(tmp) / "baseline.db"), Path(tmp) / "baseline.log", free_port()
+    ring = KeyRing(db)
+    key = ring.create("client-00")[0]
+    ring.close()
+    process = start_server(db, port, args.max_tokens, log, precision="float32")
+    try:
+        base = asyncio.run(alone(f"http://127.0.0.1:{port}", key, "client-00", args.quiet, args.max_tokens))
+    finally:
+        stop_server(process)
+    print(f"   baseline, the same part on a server whose embedder multiplies in float32 (MEMEDIT_EMBED_PRECISION="
+          f"float32, the default before bfloat16): memedit overhead p50 {statistics.median(base.overhead):.1f} ms")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="length of the load run (default 60)")
@@ -274,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=8, help="answer budget of each question (default 8)")
     parser.add_argument("--quiet", type=int, default=10, help="questions asked one at a time before the load (default 10)")
     parser.add_argument("--quiet-only", action="store_true", help="stop after part 0 (the overhead alone)")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="skip part 0 on a second server whose embedder runs in float32 (the default before bfloat16)")
     parser.add_argument("--crash-writers", type=int, default=10, help="clients writing when the server is killed (default 10)")
     parser.add_argument("--crash-after", type=float, default=4.0, help="seconds of writing before kill -9 (default 4)")
     parser.add_argument("--fuzz", type=int, default=500, help="requests of the namespace fuzz (default 500)")
@@ -290,7 +313,9 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         process = start_server(db, port, args.max_tokens, log)
         print(f"memedit serve (SmolLM2-135M, serac) up in {time.monotonic() - started:.1f} s on {url}; "
-              f"{os.cpu_count()} CPU cores, the server's OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '1')}")
+              f"{os.cpu_count()} CPU cores, the server's OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '1')}, "
+              f"MEMEDIT_EMBED_PRECISION={os.environ.get('MEMEDIT_EMBED_PRECISION', 'auto')} (the embedder's products: "
+              f"{matmul_dtype()})")
 
         # Warm-up (not in the figures), then questions one at a time with nothing else running.
         quiet = asyncio.run(alone(url, keys["client-00"], "client-00", args.quiet, args.max_tokens))
@@ -305,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
             again = asyncio.run(alone(url, keys["client-00"], "client-00", args.quiet, args.max_tokens))
             print(f"   the same questions again (their vectors cached by the detector, so no MiniLM pass): "
                   f"memedit overhead p50 {statistics.median(again.overhead):.1f} ms")
+            if not args.no_baseline:
+                baseline_alone(tmp, args)
         if args.quiet_only:
             stop_server(process)
             return 0
@@ -325,7 +352,9 @@ def main(argv: list[str] | None = None) -> int:
         if tally.overhead:
             print(f"   memedit overhead per chat (server time minus generation and queueing): p50 "
                   f"{statistics.median(tally.overhead):.1f} ms, p95 {pct(tally.overhead, 0.95):.1f} ms "
-                  f"(target p50 <= {OVERHEAD_TARGET_MS:.0f} ms); generation p50 {statistics.median(tally.generation):.1f} ms")
+                  f"(target p50 <= {OVERHEAD_TARGET_MS:.0f} ms); generation p50 {statistics.median(tally.generation):.1f} ms; "
+                  f"the answer's wait for the event loop once written (other requests' turn, queueing) "
+                  f"p50 {statistics.median(tally.resumed):.1f} ms, p95 {pct(tally.resumed, 0.95):.1f} ms")
 
         # 2. kill -9 during writes, restart
         crashed = asyncio.run(crash(url, keys, process, args))
