@@ -17,6 +17,7 @@ DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 DEFAULT_BATCH_SIZE = 64
 PRECISIONS = ("auto", "float32", "bfloat16")
+MATRICES = (0, 2, 6, 8)  # where a BertForward layer's tuple holds its weight matrices
 
 _lock = threading.Lock()
 _loaded: dict[str, "Embedder"] = {}
@@ -173,7 +174,7 @@ class BertForward:
         if not (torch.backends.mkldnn.is_available() and hasattr(mkldnn, "_reorder_linear_weight")):
             return False
         try:
-            packed = [tuple(mkldnn._reorder_linear_weight(t, 16) if i in (0, 2, 6, 8) else t for i, t in enumerate(layer))
+            packed = [tuple(mkldnn._reorder_linear_weight(t, 16) if i in MATRICES else t for i, t in enumerate(layer))
                       for layer in self.layers]
             probe = torch.linspace(-1, 1, 3 * 5 * self.width).view(3, 5, self.width).to(self.dtype)
             weight, bias = self.layers[0][:2]

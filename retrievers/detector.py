@@ -144,7 +144,8 @@ class Head:
         return 1.0 / (1.0 + np.exp(-np.clip(self.logits(x), -30, 30)))
 
 
-_heads: dict[tuple, tuple[Head, dict[str, Any]]] = {}  # loaded heads, by their files' identity
+# loaded heads by folder: the files' identity when read (inode, size, mtime of each), the head, its meta
+_heads: dict[str, tuple[tuple, Head, dict[str, Any]]] = {}
 _heads_lock = threading.Lock()
 
 
@@ -157,12 +158,12 @@ def load_head(folder: str | Path | None = None) -> tuple[Head, dict[str, Any]]:
     meta_path, weights = folder / HEAD_META, folder / HEAD_FILE
     if not meta_path.is_file() or not weights.is_file():
         raise ModelPackageError(f"{folder} holds no scope detector head ({HEAD_META} and {HEAD_FILE}); {fix}")
-    stats = [p.stat() for p in (meta_path, weights)]
-    key = (str(folder.resolve()), *((s.st_ino, s.st_size, s.st_mtime_ns) for s in stats))
+    key = str(folder.resolve())
+    identity = tuple((s.st_ino, s.st_size, s.st_mtime_ns) for s in (meta_path.stat(), weights.stat()))
     with _heads_lock:
-        if key not in _heads:
-            _heads[key] = _read_head(meta_path, weights, fix)
-        head, meta = _heads[key]
+        if key not in _heads or _heads[key][0] != identity:  # a changed file is read and checked again
+            _heads[key] = (identity, *_read_head(meta_path, weights, fix))
+        _, head, meta = _heads[key]
     return head, dict(meta)
 
 
