@@ -24,8 +24,9 @@ Two measurements, every detector in the same run:
    training figures).
 
 The cosine classifier gets its F1-max threshold on training pairs (cases 200-799); the
-cross-encoder is fine-tuned on them (saved in ``--out``); the edit detector is the head
-shipped in ``retrievers/data`` (``memedit scope train`` rebuilds it). Figures are printed
+cross-encoder is fine-tuned on them (saved in ``--out``); the edit detector is the head and
+relation check shipped in ``retrievers/data`` (``memedit scope train`` rebuilds both; a
+``--compare-head`` folder without a check measures its head alone). Figures are printed
 and written as JSON to ``--results`` (default bench/results/scope.json).
 """
 

@@ -21,6 +21,7 @@ def add_scope_parser(commands: Any) -> None:
     train.add_argument("--out", required=True, help=f"folder for the head (the shipped one is {HEAD_DIR})")
     train.add_argument("--extra", action="append", default=[], help="a scope-questions JSONL of your own (repeatable)")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--no-check", action="store_true", help="the head alone, without the relation check (half the time)")
     train.add_argument("--no-progress", action="store_true")
     ev = verbs.add_parser("eval", help="recall and false hits of a detector on a scope-questions JSONL file",
                           description="Stores every edit of the file in a fresh memory and asks the detector each "
@@ -38,11 +39,16 @@ def cmd_scope(args: argparse.Namespace) -> int:
         pairs = default_training_pairs(args.seed)
         for path in args.extra:
             pairs += question_pairs(path)
-        scope = train(args.out, pairs, seed=args.seed, progress=not args.no_progress, sources=args.extra)
+        scope = train(args.out, pairs, seed=args.seed, progress=not args.no_progress, sources=args.extra,
+                      check=not args.no_check)
         meta = scope.meta
         print(f"head written to {args.out}: {meta['train_pairs']} training pairs, threshold {meta['threshold']:.3f}, "
               f"held-out precision {meta['calibration']['precision']:.3f} recall {meta['calibration']['recall']:.3f}, "
               f"{meta['seconds']} s")
+        if scope.check is not None:
+            fit = scope.check.meta["calibration"]
+            print(f"relation check written beside it: threshold {scope.check.threshold:.3f}, held-out precision "
+                  f"{fit['precision']:.3f} recall {fit['recall']:.3f}, {scope.check.meta['seconds']} s")
         print(f"use it with: EditedModel(model, memory, router='serac', scope=EditScope(folder={str(args.out)!r})) "
               f"or --scope-path {args.out}")
         return 0

@@ -360,6 +360,10 @@ def test_a_head_trained_on_template_pairs_is_saved_checked_and_reloaded(tmp_path
     assert again.meta["train_pairs"] >= 500
     question = pairs[0].question
     assert again.judge(question, [pairs[0].edit])[0].score == pytest.approx(scope.judge(question, [pairs[0].edit])[0].score)
+    # the relation check was trained beside the head, on the pairs that name their subject, and reloads the same
+    assert again.check is not None and again.check.meta["sha256"] == scope.check.meta["sha256"]
+    assert again.check.meta["train_pairs"] >= 300 and again.check.threshold == pytest.approx(scope.check.threshold)
+    assert "relation_check" in again.judge(question, [pairs[0].edit])[0].reason
 
 
 def test_scope_questions_with_a_bad_edit_index_name_the_line_and_field(tmp_path):

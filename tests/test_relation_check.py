@@ -1,0 +1,106 @@
+"""The relation check: adapters added into MiniLM as trained, files checked, scores combined with the head's."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from memedit.errors import ModelPackageError
+from memedit.retrievers.detector import CHECK_WEIGHT, HEAD_DIR, EditScope, load_check, mention_of
+from memedit.retrievers.relation_check import CHECK_FILE, CHECK_META, RANK, RelationCheck, _Adapted, pair_texts
+
+PAIRS = [("Who is the chief executive of X?", "The CEO of X is Ilse Marwood."),
+         ("Where was X born?", "X works for the Lisbon Botanical Institute."),
+         ("x birthplace", "X was born in Tavrin.")]
+
+
+def _save(folder, arrays, threshold=0.5):
+    from safetensors.numpy import save_file
+
+    from memedit.embeddings import MINILM_SHA256
+    from memedit.files import sha256_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(arrays, str(folder / CHECK_FILE))
+    meta = {"rank": RANK, "base_model_sha256": MINILM_SHA256, "threshold": threshold, "sha256": sha256_file(folder / CHECK_FILE)}
+    (folder / CHECK_META).write_text(json.dumps(meta))
+
+
+def test_adapters_added_into_the_weights_score_as_the_training_model_does(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setenv("MEMEDIT_EMBED_PRECISION", "float32")
+    adapted = _Adapted(seed=3)
+    generator = torch.Generator().manual_seed(4)
+    with torch.no_grad():  # B starts at zero; give every adapter and the classifier weights that change the output
+        for _, b in adapted.adapters.values():
+            b.copy_(torch.randn(b.shape, generator=generator) * 0.02)
+        adapted.classifier.weight.copy_(torch.randn(adapted.classifier.weight.shape, generator=generator))
+    adapted.model.eval()
+    with torch.no_grad():
+        expected = torch.sigmoid(adapted.logits(PAIRS)).numpy()
+    _save(tmp_path / "check", adapted.arrays())
+    got = RelationCheck.load(tmp_path / "check").scores(PAIRS)
+    assert np.allclose(got, expected, atol=1e-5), (got, expected)
+    zeroed = {k: (np.zeros_like(v) if k.endswith(".B") else v) for k, v in adapted.arrays().items()}
+    _save(tmp_path / "plain", zeroed)
+    assert not np.allclose(RelationCheck.load(tmp_path / "plain").scores(PAIRS), expected, atol=1e-3)
+
+
+def test_a_damaged_check_is_refused_with_the_command_that_rebuilds_it(tmp_path):
+    copy = tmp_path / "head"
+    shutil.copytree(HEAD_DIR, copy)
+    weights = copy / CHECK_FILE
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ModelPackageError) as err:
+        load_check(copy)
+    assert "SHA-256" in str(err.value) and "memedit scope train --out" in str(err.value)
+    (copy / CHECK_META).unlink()
+    with pytest.raises(ModelPackageError, match="holds no relation check"):
+        RelationCheck.load(copy)
+
+
+def test_a_head_without_a_check_judges_alone(tmp_path, embedder):
+    copy = tmp_path / "head"
+    shutil.copytree(HEAD_DIR, copy)
+    for name in (CHECK_FILE, CHECK_META):
+        (copy / name).unlink()
+    assert load_check(copy) is None
+    scope = EditScope(embedder, folder=copy)
+    assert scope.check is None
+    from memedit import Edit
+
+    verdict = scope.judge("Who employs Marisol Quenby?", [Edit(subject="Marisol Quenby", prompt="{} works for", target="Halvorsen")])[0]
+    assert "relation_check" not in verdict.reason and verdict.reason["mention"] == "Marisol Quenby"
+
+
+def test_the_check_moves_the_head_s_score_of_a_named_pair_its_own_way(embedder):
+    from memedit import Edit
+
+    shipped = EditScope(embedder)
+    assert shipped.check is not None and 0 < shipped.check.threshold < 1
+    alone = EditScope(embedder, head=shipped.head, meta=shipped.meta)  # the same head, no check
+    edits = [Edit(subject="Marisol Quenby", prompt="{} works for", target="the Lisbon Botanical Institute"),
+             Edit(subject="Marisol Quenby", prompt="{} was born in", target="Tavrin"),
+             Edit(statement="The Pellory Island ferry does not run on Sundays.")]
+    for question in ("Who employs Marisol Quenby?", "Where was Marisol Quenby born?", "marisol quenby hometown",
+                     "Is the Pellory Island ferry running on Sunday?"):
+        for with_check, head_only, edit in zip(shipped.judge(question, edits), alone.judge(question, edits), edits):
+            if edit.subject is None or mention_of(question, edit) is None:  # free text, or not named: not the check's to judge
+                assert "relation_check" not in with_check.reason and with_check.score == head_only.score
+                continue
+            p = float(shipped.check.scores([pair_texts(question, mention_of(question, edit), edit)])[0])
+            assert with_check.reason["relation_check"] == pytest.approx(p, abs=1e-4)
+            h = np.clip(head_only.score, 1e-12, 1 - 1e-12)
+            expected = (np.log(h / (1 - h))
+                        + CHECK_WEIGHT * (np.log(p / (1 - p)) - np.log(shipped.check.threshold / (1 - shipped.check.threshold))))
+            assert with_check.score == pytest.approx(1 / (1 + np.exp(-expected)), abs=1e-6)
+            assert (with_check.score > head_only.score) == (p > shipped.check.threshold) or with_check.score in (0.0, 1.0)
+    decided = [shipped.judge(q, edits[:2]) for q in ("Who employs Marisol Quenby?", "Where was Marisol Quenby born?")]
+    assert decided[0][0].in_scope and not decided[0][1].in_scope
+    assert decided[1][1].in_scope and not decided[1][0].in_scope
