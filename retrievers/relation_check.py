@@ -17,7 +17,6 @@ runs like the embedder (bfloat16 where the CPU has AMX).
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import time
 from collections import OrderedDict
@@ -28,7 +27,7 @@ import numpy as np
 
 from memedit.embeddings import DEFAULT_EMBEDDER, MINILM_SHA256, BertForward, matmul_dtype, minilm_path
 from memedit.errors import ModelPackageError
-from memedit.files import check_sha256, quiet_hf, sha256_file, write_atomic
+from memedit.files import quiet_hf, sha256_file, write_atomic
 
 CHECK_FILE = "relation_check.safetensors"
 CHECK_META = "relation_check.json"
@@ -105,19 +104,14 @@ class RelationCheck:
         """The check in ``folder`` (default: shipped with memedit), checked against its SHA-256."""
         from safetensors.numpy import load_file
 
-        from .detector import HEAD_DIR, TRAIN_COMMAND
+        from .detector import HEAD_DIR, TRAIN_COMMAND, read_checked_meta
 
         folder = Path(folder) if folder is not None else HEAD_DIR
         fix = f"rebuild it with: {TRAIN_COMMAND} --out {folder}"
         meta_path, weights = folder / CHECK_META, folder / CHECK_FILE
         if not meta_path.is_file() or not weights.is_file():
             raise ModelPackageError(f"{folder} holds no relation check ({CHECK_META} and {CHECK_FILE}); {fix}")
-        try:
-            meta = json.loads(meta_path.read_text())
-            expected, threshold = meta["sha256"], float(meta["threshold"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ModelPackageError(f"{meta_path} is damaged ({exc!r}); {fix}") from None
-        check_sha256(weights, expected, f"the relation check was damaged or changed; {fix}")
+        meta = read_checked_meta(meta_path, weights, fix, "the relation check")
         if meta.get("base_model_sha256") != MINILM_SHA256 or meta.get("rank") != RANK:
             raise ModelPackageError(f"{meta_path} was made for another MiniLM or adapter size; {fix}")
         arrays = load_file(str(weights))
@@ -125,7 +119,7 @@ class RelationCheck:
         _merge(model, arrays)
         model.eval()
         encoder = BertForward.of(model, matmul_dtype()) or model
-        return cls(encoder, tokenizer, arrays["classifier.weight"], float(arrays["classifier.bias"]), threshold, meta)
+        return cls(encoder, tokenizer, arrays["classifier.weight"], float(arrays["classifier.bias"]), meta["threshold"], meta)
 
 
 def _encode(tokenizer: Any, items: Sequence[tuple[str, str]], pad_to: int | None = None) -> dict[str, Any]:
@@ -212,36 +206,18 @@ def train_check(train_pairs: Sequence[Any], held_pairs: Sequence[Any], out: str 
     at the F1-max on ``held_pairs``, save in ``out`` and return the loaded check."""
     import torch
     from safetensors.numpy import save_file
-    from tqdm import tqdm
 
     from .scope_pairs import best_threshold, scope_metrics
-    from .scope_training import _batches
+    from .scope_training import fit_pairs
 
     started = time.perf_counter()
     train_pairs, held_pairs = list(train_pairs), list(held_pairs)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         adapted = _Adapted(seed)
-        params = adapted.parameters()
-        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-        batches = [b for epoch in range(epochs) for b in _batches(train_pairs, batch_size, seed + epoch)]
-        warmup = max(1, len(batches) // 10)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: min((step + 1) / warmup, max(0.0, (len(batches) - step) / max(1, len(batches) - warmup))))
         adapted.model.train()
-        losses: list[float] = []
-        with tqdm(total=len(batches), desc="training the relation check", unit="batch", file=sys.stderr, disable=not progress) as bar:
-            for batch in batches:
-                logits = adapted.logits([(p.question, p.statement) for p in batch])
-                loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.tensor([float(p.label) for p in batch]))
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                optimizer.step()
-                schedule.step()
-                optimizer.zero_grad(set_to_none=True)
-                losses.append(loss.item())
-                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-                bar.update()
+        losses = fit_pairs(adapted.logits, adapted.parameters(), train_pairs, epochs, batch_size, lr, seed, progress,
+                           "training the relation check")
     arrays = adapted.arrays()
     folder = Path(out).expanduser()
     folder.mkdir(parents=True, exist_ok=True)

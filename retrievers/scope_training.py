@@ -372,26 +372,35 @@ def train_cross_encoder(pairs: Sequence[ScopePair], out_dir: str | Path, epochs:
 
 def _fit(scope: CrossEncoderScope, pairs: list[ScopePair], epochs: int, batch_size: int, lr: float, seed: int,
          progress: bool) -> list[float]:
-    """The training loop: AdamW, linear warm-up and decay, binary cross-entropy on the logit."""
+    """Fine-tune the cross-encoder (its word-embedding table, half the weights, stays as
+    pretrained: cheaper steps, less overfitting)."""
+    scope.model.get_input_embeddings().weight.requires_grad_(False)
+    params = [p for p in scope.model.parameters() if p.requires_grad]
+    scope.model.train()
+    losses = fit_pairs(lambda items: scope.model(**scope._encode(items)).logits.squeeze(-1), params, pairs, epochs,
+                       batch_size, lr, seed, progress, "training scope cross-encoder")
+    scope.model.eval()
+    return losses
+
+
+def fit_pairs(logits: Callable[[list[tuple[str, str]]], Any], params: list[Any], pairs: list[ScopePair], epochs: int,
+              batch_size: int, lr: float, seed: int, progress: bool, desc: str) -> list[float]:
+    """The training loop of a pair reader (the cross-encoder, the relation check): ``logits``
+    of (question, statement) items, AdamW on ``params``, linear warm-up and decay, binary
+    cross-entropy; the losses, step by step."""
     import torch
     from tqdm import tqdm
 
     batches = [b for epoch in range(epochs) for b in _batches(pairs, batch_size, seed + epoch)]
-    # The word-embedding table (half the weights) stays as pretrained: cheaper steps, less overfitting.
-    scope.model.get_input_embeddings().weight.requires_grad_(False)
-    params = [p for p in scope.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     warmup = max(1, len(batches) // 10)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min((step + 1) / warmup, max(0.0, (len(batches) - step) / max(1, len(batches) - warmup))))
-    scope.model.train()
     losses: list[float] = []
-    with tqdm(total=len(batches), desc="training scope cross-encoder", unit="batch", file=sys.stderr,
-              disable=not progress) as bar:
+    with tqdm(total=len(batches), desc=desc, unit="batch", file=sys.stderr, disable=not progress) as bar:
         for batch in batches:
-            logits = scope.model(**scope._encode([(p.question, p.statement) for p in batch])).logits.squeeze(-1)
-            target = torch.tensor([float(p.label) for p in batch])
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                logits([(p.question, p.statement) for p in batch]), torch.tensor([float(p.label) for p in batch]))
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
@@ -400,7 +409,6 @@ def _fit(scope: CrossEncoderScope, pairs: list[ScopePair], epochs: int, batch_si
             losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
             bar.update()
-    scope.model.eval()
     return losses
 
 
