@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -64,3 +65,15 @@ def quiet_hf(errors_only: bool = True) -> Iterator[None]:
     finally:
         hf_logging.set_verbosity(verbosity)
         hf_logging.enable_progress_bar()
+
+
+def read_checked_meta(meta_path: Path, weights: Path, fix: str, what: str) -> dict:
+    """The JSON beside a learned file (``what``: its name in errors), with ``threshold`` as a
+    float, once ``weights`` matches the SHA-256 it records; ModelPackageError otherwise."""
+    try:
+        meta = json.loads(Path(meta_path).read_text())
+        expected, meta["threshold"] = meta["sha256"], float(meta["threshold"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelPackageError(f"{meta_path} is damaged ({exc!r}); {fix}") from None
+    check_sha256(weights, expected, f"{what} was damaged or changed; {fix}")
+    return meta

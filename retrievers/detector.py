@@ -25,7 +25,6 @@ detector through :class:`StatementScope`, so that benchmarks compare them on one
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ from memedit.checks import whole_number
 from memedit.edit import fill_prompt
 from memedit.embeddings import DEFAULT_EMBEDDER
 from memedit.errors import ModelPackageError
-from memedit.files import check_sha256
+from memedit.files import read_checked_meta
 
 from .entities import (CACHED_LENGTH, KINDS, TYPO_MIN, answer_clash, Mention, find_mention, fold, mask, mask_prompt, mentions_text, name_likeness, name_tokens,
                        relation_words, tokens)
@@ -193,20 +192,8 @@ def load_check(folder: str | Path | None = None) -> Any:
     identity = tuple((s.st_ino, s.st_size, s.st_mtime_ns) for s in (p.stat() for p in paths if p.is_file()))
     with _heads_lock:
         if key not in _checks or _checks[key][0] != identity:
-            _checks[key] = (identity, RelationCheck.load(folder))
+            _checks[key] = (identity, RelationCheck.load(folder, fix=f"rebuild it with: {TRAIN_COMMAND} --out {folder}"))
         return _checks[key][1]
-
-
-def read_checked_meta(meta_path: Path, weights: Path, fix: str, what: str) -> dict[str, Any]:
-    """The JSON beside a learned file (``what``: its name in errors), with ``threshold`` as a
-    float, once ``weights`` matches the SHA-256 it records; ModelPackageError otherwise."""
-    try:
-        meta = json.loads(meta_path.read_text())
-        expected, meta["threshold"] = meta["sha256"], float(meta["threshold"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ModelPackageError(f"{meta_path} is damaged ({exc!r}); {fix}") from None
-    check_sha256(weights, expected, f"{what} was damaged or changed; {fix}")
-    return meta
 
 
 def _read_head(meta_path: Path, weights: Path, fix: str) -> tuple[Head, dict[str, Any]]:
@@ -278,7 +265,7 @@ class EditScope:
         (the memory's detector does this when its edits change, not while a question waits)."""
         texts = []
         for e in edits:
-            texts += [e.statement, _mask_subject(e)]
+            texts += [e.statement, mask_subject(e)]
             if e.subject is not None:
                 texts += [mask_prompt(e.prompt), fill_prompt(e.prompt, e.subject)]
         self.embed(list(dict.fromkeys(texts)))
@@ -358,7 +345,7 @@ class EditScope:
                 reason["bank_margin"] = round(scalars["bank_margin"], 4)
             if mention:
                 reason["mention"] = question[mention.start:mention.end]
-                reason["_pair"] = (asked_text, _mask_subject(edit))  # what the relation check reads (judge removes it)
+                reason["_pair"] = (asked_text, mask_subject(edit))  # what the relation check reads (judge removes it)
             reasons.append(reason)
         return np.stack(rows).astype(np.float32), reasons
 
@@ -404,7 +391,7 @@ class EditScope:
             asked = mask(question, mention) if mention else question
             plans.append((mention, asked, mask_prompt(edit.prompt), fill_prompt(edit.prompt, edit.subject)))
         texts = [question] + [t for _, asked, relation, filled in plans for t in (asked, relation, filled)]
-        return found, plans, texts + [e.statement for e in edits] + [_mask_subject(e) for e in edits]
+        return found, plans, texts + [e.statement for e in edits] + [mask_subject(e) for e in edits]
 
     def masked(self, question: str, edits: Sequence[Any], names: dict[str, list[str]] | None = None) -> list[str]:
         """The question with each named subject masked out: the texts :meth:`judge` embeds
@@ -436,7 +423,7 @@ def head_judges(row: np.ndarray) -> bool:
     return not (row[_FREE] > 0.5 or (row[_NONE] > 0.5 and row[_TARGET] < 0.5))
 
 
-def _mask_subject(edit: Any) -> str:
+def mask_subject(edit: Any) -> str:
     """The edit's statement with its subject masked (a free-text statement as it is)."""
     if edit.subject is None:
         return edit.statement

@@ -40,9 +40,9 @@ from memedit.embeddings import DEFAULT_EMBEDDER, MINILM_SHA256, minilm_path
 from memedit.files import sha256_file, write_atomic
 from memedit.model_files import DATA_ENV, data_dir
 
-from .detector import HEAD_FILE, HEAD_META, SCALARS, EditScope, Head, head_judges
-from .entities import find_mention, mask_prompt
-from .relation_check import CHECK_FILE, CHECK_META, masked_pairs, train_check
+from .detector import HEAD_FILE, HEAD_META, SCALARS, TRAIN_COMMAND, EditScope, Head, head_judges, mask_subject, mention_of
+from .entities import find_mention, mask, mask_prompt
+from .relation_check import CHECK_FILE, CHECK_META, MAX_LENGTH, RANK, SCALE, TARGETS, RelationCheck, adapted_layers, encode_pairs, load_minilm, mean_pool
 from .relations import RelationBank, bank_arrays, relation_groups
 from .scope import DEFAULT_MAX_LENGTH, FORMAT_VERSION, CrossEncoderScope, ScopePair, _load_model
 from .scope_pairs import best_threshold, plateau_threshold, scope_metrics, scope_pairs, split_by_statement
@@ -424,3 +424,92 @@ def _batches(pairs: list[ScopePair], batch_size: int, seed: int) -> list[list[Sc
         batches += [[pairs[i] for i in chunk[j:j + batch_size]] for j in range(0, len(chunk), batch_size)]
     rng.shuffle(batches)
     return batches
+
+
+# ---------------------------------------------------------------- the relation check
+
+
+class AdaptedMiniLM:
+    """MiniLM with trainable adapters beside its frozen matrices, for :func:`train_check`."""
+
+    def __init__(self, seed: int) -> None:
+        import torch
+
+        self.model, self.tokenizer = load_minilm()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        generator = torch.Generator().manual_seed(seed)
+        self.adapters: dict[str, tuple[Any, Any]] = {}
+        for name, linear in adapted_layers(self.model):
+            a = torch.nn.Parameter(torch.randn(RANK, linear.in_features, generator=generator) / linear.in_features ** 0.5)
+            b = torch.nn.Parameter(torch.zeros(linear.out_features, RANK))
+            self.adapters[name] = (a, b)
+            linear.register_forward_hook(lambda module, args, out, a=a, b=b: out + SCALE * (args[0] @ a.T) @ b.T)
+        self.classifier = torch.nn.Linear(self.model.config.hidden_size, 1)
+        torch.nn.init.zeros_(self.classifier.weight)
+        torch.nn.init.zeros_(self.classifier.bias)
+
+    def parameters(self) -> list[Any]:
+        return [p for pair in self.adapters.values() for p in pair] + list(self.classifier.parameters())
+
+    def logits(self, items: Sequence[tuple[str, str]]) -> Any:
+        batch = encode_pairs(self.tokenizer, items)
+        return self.classifier(mean_pool(self.model(**batch).last_hidden_state, batch["attention_mask"])).squeeze(-1)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        out = {f"{name}.{part}": t.detach().numpy().copy() for name, (a, b) in self.adapters.items() for part, t in (("A", a), ("B", b))}
+        out["classifier.weight"] = self.classifier.weight.detach().numpy()[0].copy()
+        out["classifier.bias"] = self.classifier.bias.detach().numpy().reshape(()).copy()
+        return out
+
+
+def masked_pairs(pairs: Sequence[Any]) -> list[Any]:
+    """The pairs (``ScopePair`` with ``edit``) whose question names the edit's subject, as the
+    check reads them; the others are not its to judge."""
+    out = []
+    for p in pairs:
+        edit = p.edit
+        if edit is None or edit.subject is None:
+            continue
+        mention = mention_of(p.question, edit)
+        if mention is not None:
+            out.append(replace(p, question=mask(p.question, mention), statement=mask_subject(edit)))
+    return out
+
+
+def train_check(train_pairs: Sequence[Any], held_pairs: Sequence[Any], out: str | Path, epochs: int = 2,
+                batch_size: int = 32, lr: float = 5e-4, seed: int = 0, progress: bool = True) -> RelationCheck:
+    """Fit the adapters on ``train_pairs`` (masked, see :func:`masked_pairs`), set the threshold
+    at the F1-max on ``held_pairs``, save in ``out`` and return the loaded check."""
+    import torch
+    from safetensors.numpy import save_file
+
+    started = time.perf_counter()
+    train_pairs, held_pairs = list(train_pairs), list(held_pairs)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        adapted = AdaptedMiniLM(seed)
+        adapted.model.train()
+        losses = fit_pairs(adapted.logits, adapted.parameters(), train_pairs, epochs, batch_size, lr, seed, progress,
+                           "training the relation check")
+    arrays = adapted.arrays()
+    folder = Path(out).expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / CHECK_META).unlink(missing_ok=True)  # never a loadable half-written check
+    save_file(arrays, str(folder / CHECK_FILE))
+    meta = {"format": 1, "base_model": DEFAULT_EMBEDDER, "base_model_sha256": MINILM_SHA256, "rank": RANK, "scale": SCALE,
+            "targets": list(TARGETS), "max_length": MAX_LENGTH, "seed": seed, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+            "train_pairs": len(train_pairs), "calibration_pairs": len(held_pairs), "threshold": 0.5,
+            "final_loss": round(float(np.mean(losses[-max(1, len(losses) // 10):])), 4),
+            "seconds": round(time.perf_counter() - started, 1), "sha256": sha256_file(folder / CHECK_FILE)}
+    write_atomic(folder / CHECK_META, (json.dumps(meta, indent=2) + "\n").encode())
+    check = RelationCheck.load(folder, fix=f"rebuild it with: {TRAIN_COMMAND} --out {folder}")  # as a user will run it: adapters added into the matrices
+    labels = np.array([p.label for p in held_pairs])
+    scores = check.scores([(p.question, p.statement) for p in held_pairs])
+    threshold = best_threshold(scores, labels)
+    fit = scope_metrics(scores, labels, threshold)
+    meta.update(threshold=threshold, calibration={k: round(fit[k], 4) for k in ("precision", "recall", "f1")})
+    write_atomic(folder / CHECK_META, (json.dumps(meta, indent=2) + "\n").encode())
+    check.threshold, check.meta = threshold, meta
+    return check
+

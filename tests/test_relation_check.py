@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 from memedit.errors import ModelPackageError
-from memedit.retrievers.detector import CHECK_WEIGHT, HEAD_DIR, EditScope, load_check, mention_of
-from memedit.retrievers.relation_check import CHECK_FILE, CHECK_META, RANK, RelationCheck, _Adapted, pair_texts
+from memedit.retrievers.detector import CHECK_WEIGHT, HEAD_DIR, EditScope, load_check, mask_subject, mention_of
+from memedit.retrievers.entities import mask
+from memedit.retrievers.relation_check import CHECK_FILE, CHECK_META, RANK, RelationCheck
+from memedit.retrievers.scope_training import AdaptedMiniLM
 
 PAIRS = [("Who is the chief executive of X?", "The CEO of X is Ilse Marwood."),
          ("Where was X born?", "X works for the Lisbon Botanical Institute."),
@@ -33,7 +35,7 @@ def test_adapters_added_into_the_weights_score_as_the_training_model_does(tmp_pa
     import torch
 
     monkeypatch.setenv("MEMEDIT_EMBED_PRECISION", "float32")
-    adapted = _Adapted(seed=3)
+    adapted = AdaptedMiniLM(seed=3)
     generator = torch.Generator().manual_seed(4)
     with torch.no_grad():  # B starts at zero; give every adapter and the classifier weights that change the output
         for _, b in adapted.adapters.values():
@@ -94,7 +96,7 @@ def test_the_check_moves_the_head_s_score_of_a_named_pair_its_own_way(embedder):
             if edit.subject is None or mention_of(question, edit) is None:  # free text, or not named: not the check's to judge
                 assert "relation_check" not in with_check.reason and with_check.score == head_only.score
                 continue
-            p = float(shipped.check.scores([pair_texts(question, mention_of(question, edit), edit)])[0])
+            p = float(shipped.check.scores([(mask(question, mention_of(question, edit)), mask_subject(edit))])[0])
             assert with_check.reason["relation_check"] == pytest.approx(p, abs=1e-4)
             h = np.clip(head_only.score, 1e-12, 1 - 1e-12)
             expected = (np.log(h / (1 - h))
