@@ -30,7 +30,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -152,30 +152,35 @@ class Head:
         return 1.0 / (1.0 + np.exp(-np.clip(self.logits(x), -30, 30)))
 
 
-# loaded heads by folder: the files' identity when read (inode, size, mtime of each), the head, its meta
-_heads: dict[str, tuple[tuple, Head, dict[str, Any]]] = {}
-_heads_lock = threading.Lock()
+# what was loaded from a folder (heads, relation checks): by folder, the files' identity when
+# read (inode, size, mtime of each) and what was read
+_heads: dict[str, tuple[tuple, tuple[Head, dict[str, Any]]]] = {}
+_checks: dict[str, tuple[tuple, Any]] = {}
+_loaded_lock = threading.Lock()
+
+
+def _once(cache: dict[str, tuple[tuple, Any]], folder: Path, paths: Sequence[Path], read: Callable[[], Any]) -> Any:
+    """``read()``, kept in ``cache`` for ``folder`` while the files at ``paths`` stay the same;
+    a changed file is read and checked again (a server makes a detector per namespace)."""
+    key = str(folder.resolve())
+    identity = tuple((s.st_ino, s.st_size, s.st_mtime_ns) for s in (p.stat() for p in paths))
+    with _loaded_lock:
+        if key not in cache or cache[key][0] != identity:
+            cache[key] = (identity, read())
+        return cache[key][1]
 
 
 def load_head(folder: str | Path | None = None) -> tuple[Head, dict[str, Any]]:
     """The head in ``folder`` (default: the one shipped with memedit), checked against the
     SHA-256 in its ``scope_head.json``; ModelPackageError when missing or changed. Loaded
-    once per process while its files stay the same (a server makes a detector per namespace)."""
+    once per process while its files stay the same."""
     folder = Path(folder) if folder is not None else HEAD_DIR
     fix = f"rebuild it with: {TRAIN_COMMAND} --out {folder}"
     meta_path, weights = folder / HEAD_META, folder / HEAD_FILE
     if not meta_path.is_file() or not weights.is_file():
         raise ModelPackageError(f"{folder} holds no scope detector head ({HEAD_META} and {HEAD_FILE}); {fix}")
-    key = str(folder.resolve())
-    identity = tuple((s.st_ino, s.st_size, s.st_mtime_ns) for s in (meta_path.stat(), weights.stat()))
-    with _heads_lock:
-        if key not in _heads or _heads[key][0] != identity:  # a changed file is read and checked again
-            _heads[key] = (identity, *_read_head(meta_path, weights, fix))
-        _, head, meta = _heads[key]
+    head, meta = _once(_heads, folder, (meta_path, weights), lambda: _read_head(meta_path, weights, fix))
     return head, dict(meta)
-
-
-_checks: dict[str, tuple[tuple, Any]] = {}
 
 
 def load_check(folder: str | Path | None = None) -> Any:
@@ -185,15 +190,11 @@ def load_check(folder: str | Path | None = None) -> Any:
     from .relation_check import CHECK_FILE, CHECK_META, RelationCheck
 
     folder = Path(folder) if folder is not None else HEAD_DIR
-    paths = (folder / CHECK_META, folder / CHECK_FILE)
-    if not any(p.is_file() for p in paths):
+    present = [p for p in (folder / CHECK_META, folder / CHECK_FILE) if p.is_file()]
+    if not present:
         return None
-    key = str(folder.resolve())
-    identity = tuple((s.st_ino, s.st_size, s.st_mtime_ns) for s in (p.stat() for p in paths if p.is_file()))
-    with _heads_lock:
-        if key not in _checks or _checks[key][0] != identity:
-            _checks[key] = (identity, RelationCheck.load(folder, fix=f"rebuild it with: {TRAIN_COMMAND} --out {folder}"))
-        return _checks[key][1]
+    fix = f"rebuild it with: {TRAIN_COMMAND} --out {folder}"
+    return _once(_checks, folder, present, lambda: RelationCheck.load(folder, fix=fix))
 
 
 def _read_head(meta_path: Path, weights: Path, fix: str) -> tuple[Head, dict[str, Any]]:
@@ -225,7 +226,7 @@ class EditScope:
             check = load_check(folder) if check is None else check
         self.head, self.meta = head, dict(meta or {})
         #: the relation check (:class:`.relation_check.RelationCheck`), or None: the head alone
-        self.check = check or None
+        self.check = check
         self.threshold = float(threshold if threshold is not None else self.meta.get("threshold", 0.5))
         self.bank_holdout: float | None = None  # training only: see RelationBank.scores
         self._embedder = embedder
@@ -289,13 +290,13 @@ class EditScope:
             if features[i, _CLASH] > 0.5:  # "When did X marry?" cannot be answered by "X is married to Y"
                 scores[i] = min(scores[i], CLASH_SCORE * self.threshold)
                 reasons[i]["answer_kind"] = "the question asks for a time or number, or a who or where, that the target is not"
-        self._check(edits, features, scores, reasons)
+        self._check(scores, reasons)
         return [Verdict(e, float(s), bool(s >= self.threshold), r) for e, s, r in zip(edits, scores, reasons)]
 
-    def _check(self, edits: Sequence[Any], features: np.ndarray, scores: np.ndarray, reasons: list[dict[str, Any]]) -> None:
-        """Move the head's scores of the pairs whose question names the subject by the relation check's."""
-        pairs = {i: reasons[i]["_pair"] for i in range(len(edits))
-                 if reasons[i].get("_pair") and head_judges(features[i]) and "answer_kind" not in reasons[i]}
+    def _check(self, scores: np.ndarray, reasons: list[dict[str, Any]]) -> None:
+        """Move the head's scores of the pairs whose question names the subject (the head judges
+        those) by the relation check's, unless the kind of answer already ruled the edit out."""
+        pairs = {i: reason["_pair"] for i, reason in enumerate(reasons) if "_pair" in reason and "answer_kind" not in reason}
         for reason in reasons:
             reason.pop("_pair", None)
         if self.check is None or not pairs:
@@ -345,7 +346,7 @@ class EditScope:
                 reason["bank_margin"] = round(scalars["bank_margin"], 4)
             if mention:
                 reason["mention"] = question[mention.start:mention.end]
-                reason["_pair"] = (asked_text, mask_subject(edit))  # what the relation check reads (judge removes it)
+                reason["_pair"] = (asked_text, texts[1 + 4 * len(edits) + i])  # what the relation check reads (judge removes it)
             reasons.append(reason)
         return np.stack(rows).astype(np.float32), reasons
 
