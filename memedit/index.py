@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 import faiss
 import numpy as np
 
+from .cpu import limit_small_math
 from .files import check_sha256, write_atomic
 from .storage import Action, Storage
 
@@ -58,6 +59,7 @@ class NamespaceIndex:
 
     def __init__(self, store: Storage, namespace: str, embedder: str, dim: int,
                  vectors: VectorSource, folder: Path | None, hnsw_threshold: int = HNSW_THRESHOLD) -> None:
+        limit_small_math()  # one-query searches gain nothing from faiss's threads (memedit/cpu.py)
         self.store, self.namespace, self.embedder, self.dim = store, namespace, embedder, dim
         self._vectors = vectors
         self.hnsw_threshold = hnsw_threshold
