@@ -334,6 +334,16 @@ class Memory:
         return self._store.max_seq(self.namespace)
 
     @_locked
+    def changes_since(self, revision: int) -> list[tuple[str, StoredEdit]]:
+        """``(action, the edit as it is now)`` for each event after ``revision`` that names an
+        edit, oldest first: what a cache keyed on :meth:`revision` must apply to catch up."""
+        whole_number("revision", revision)
+        events = [(action, rid) for _, rid, action in self._store.events_since(self.namespace, revision) if rid is not None]
+        rows = self._store.rows_by_rid(self.namespace, list(dict.fromkeys(rid for _, rid in events)))
+        edits = {rid: row_to_edit(row) for rid, row in rows.items()}
+        return [(str(action), edits[rid]) for action, rid in events if rid in edits]
+
+    @_locked
     def history(self, edit_id: str | None = None, limit: int | None = None) -> list[Event]:
         """The event log of one edit, or of the whole namespace, oldest first."""
         return self._store.history(self.namespace, edit_id, optional_whole_number("limit", limit))

@@ -321,7 +321,8 @@ class EditScope:
         q = vectors[0]
         statements = vectors[1 + 3 * len(edits):1 + 4 * len(edits)]
         answers = vectors[1 + 4 * len(edits):]
-        asked_bank, edit_bank = self._bank_scores(vectors[1:1 + 3 * len(edits)], [relation for _, _, relation, _ in plans])
+        asked_bank, edit_bank = self._bank_scores(vectors[1:1 + 3 * len(edits)], [asked for _, asked, _, _ in plans],
+                                                  [relation for _, _, relation, _ in plans])
         wh = wh_word(question)
         rows, reasons = [], []
         length = np.log1p(len(found))
@@ -350,14 +351,18 @@ class EditScope:
             reasons.append(reason)
         return np.stack(rows).astype(np.float32), reasons
 
-    def _bank_scores(self, pair_vectors: np.ndarray, relations: Sequence[str]) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """Per pair, the relation bank's scores of the masked question and of the edit's relation
-        text (None without a bank). An edit's side is scored once per relation text and kept;
+    def _bank_scores(self, pair_vectors: np.ndarray, asked_texts: Sequence[str], relations: Sequence[str]
+                     ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Per pair, the relation bank's scores of the masked question (``asked_texts``) and of
+        the edit's relation text (None without a bank); each distinct masked question is scored once. An edit's side is scored once per relation text and kept;
         ``bank_holdout`` is set while training only, and then nothing is kept."""
         bank = self.head.bank
         if bank is None:
             return None, None
-        asked = bank.scores(pair_vectors[0::3], self.bank_holdout)
+        unique = list(dict.fromkeys(asked_texts))  # most often one masked question for every edit
+        where = {text: i for i, text in enumerate(unique)}
+        scored = bank.scores(pair_vectors[0::3][[asked_texts.index(text) for text in unique]], self.bank_holdout)
+        asked = scored[[where[text] for text in asked_texts]]
         if self.bank_holdout is not None:
             return asked, bank.scores(pair_vectors[1::3], self.bank_holdout)
         with self._lock:
@@ -483,6 +488,11 @@ class StatementScope:
 # ---------------------------------------------------------------- candidates from the memory
 
 
+# Events that put an edit back on the retrieval path (memedit.storage.Action): the name index then reads
+# the active edits again instead of appending.
+ON_PATH_AGAIN = ("restore", "revert")
+
+
 class NameIndex:
     """The active triple edits of one namespace by the names of their subjects: a derived
     index rebuilt whenever the memory's event log moves on. A subject's names are itself
@@ -495,27 +505,40 @@ class NameIndex:
         self._state: tuple[list[Any], dict[str, list[str]], dict[str, set[int]], list[Any]] = ([], {}, {}, [])
         self._lock = threading.Lock()
 
-    def refresh(self, memory: Any) -> bool:
-        """Rebuild from ``memory`` if its event log moved on; True when it did."""
+    def refresh(self, memory: Any) -> list[Any]:
+        """Catch up with ``memory``'s event log; the edits that came onto the retrieval path
+        since the last call (every active edit the first time), empty if the log has not moved.
+        New edits and edits taken off the path are applied from the events since; a restore or
+        revert (an older edit back on the path) reads the active edits again, in their order."""
         revision = memory.revision()
         if revision == self.revision:
-            return False
+            return []
         with self._lock:
-            active = memory.list()
-            edits = [e for e in active if e.subject is not None]
-            aliases: dict[str, list[str]] = {}
-            for e in edits:
-                if e.target and e.aliases:
-                    aliases.setdefault(fold(e.target), []).extend(e.aliases)
-            names = {fold(e.subject): list(dict.fromkeys(aliases.get(fold(e.subject), []))) for e in edits}
-            by_token: dict[str, set[int]] = {}
-            for i, e in enumerate(edits):
-                for name in [e.subject, *names[fold(e.subject)]]:
-                    for token in name_tokens(name):
-                        for key in _keys(token):
-                            by_token.setdefault(key, set()).add(i)
-            self._state, self.revision = (edits, names, by_token, active), revision
-        return True
+            changes = memory.changes_since(self.revision) if self.revision is not None and revision > self.revision else None
+            if changes is None or any(action in ON_PATH_AGAIN for action, _ in changes):
+                active = fresh = memory.list()
+            else:
+                gone = {edit.id for _, edit in changes}
+                fresh = list({edit.id: edit for action, edit in changes if action == "add" and edit.status == "active"}.values())
+                active = [e for e in self._state[3] if e.id not in gone] + fresh
+            self._index(active)
+            self.revision = revision
+        return fresh
+
+    def _index(self, active: list[Any]) -> None:
+        edits = [e for e in active if e.subject is not None]
+        aliases: dict[str, list[str]] = {}
+        for e in edits:
+            if e.target and e.aliases:
+                aliases.setdefault(fold(e.target), []).extend(e.aliases)
+        names = {fold(e.subject): list(dict.fromkeys(aliases.get(fold(e.subject), []))) for e in edits}
+        by_token: dict[str, set[int]] = {}
+        for i, e in enumerate(edits):
+            for name in [e.subject, *names[fold(e.subject)]]:
+                for token in name_tokens(name):
+                    for key in _keys(token):
+                        by_token.setdefault(key, set()).add(i)
+        self._state = (edits, names, by_token, active)
 
     def named_in(self, question: str, limit: int = 50) -> list[Any]:
         """Active triple edits whose subject (or one of its names) the question may name:
@@ -593,8 +616,9 @@ class ScopeDetector:
         the name index's guesses, each confirmed by finding the name in the question."""
         if not self.by_name:
             return []
-        if self.names.refresh(self.memory) and hasattr(self.classifier, "prepare"):
-            self._prepare(self.names.active)
+        fresh = self.names.refresh(self.memory)
+        if fresh and hasattr(self.classifier, "prepare"):
+            self._prepare(fresh)
         names = self.names.names
         return [e for e in self.names.named_in(question) if mention_of(question, e, names) is not None]
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from memedit.errors import ModelPackageError
+from memedit.errors import ArgumentError, ModelPackageError
 from memedit.eval.scope_eval import evaluate_scope, load_scope_questions
-from memedit.retrievers.detector import HEAD_DIR, EditScope, ScopeDetector, load_head
+from memedit.retrievers.detector import HEAD_DIR, EditScope, NameIndex, ScopeDetector, load_head
 from memedit.retrievers.entities import answer_clash, find_mention, mask, name_likeness, relation_words, stem
 from memedit.retrievers.relations import WH_WORDS, RelationBank, bank_texts, relation_groups, wh_word
 
@@ -170,7 +170,7 @@ def test_an_edit_s_side_of_the_bank_is_scored_once_and_gives_the_same_verdicts(e
         again = reused.judge("Who leads Quillmark Systems these days?", edits)
     finally:
         del bank.scores
-    assert calls == [2]  # the question's two masked forms only; the edits' side came from the cache
+    assert calls == [1]  # the masked question, once for both edits; the edits' side came from the cache
     first = fresh.judge("Who leads Quillmark Systems these days?", edits)
     assert [v.score for v in again] == pytest.approx([v.score for v in first])
 
@@ -287,6 +287,54 @@ def test_a_new_edit_a_supersede_and_a_retraction_apply_at_the_next_question(peop
     assert detector.decide(question).best.id == work.id
     memory.retract(work.id)
     assert detector.decide(question).best is None
+
+
+def built_afresh(memory) -> NameIndex:
+    fresh = NameIndex()
+    fresh.refresh(memory)
+    return fresh
+
+
+def same_index(a: NameIndex, b: NameIndex) -> bool:
+    edits_a, names_a, tokens_a, active_a = a._state
+    edits_b, names_b, tokens_b, active_b = b._state
+    ids = lambda edits, keyed: {k: {edits[i].id for i in v} for k, v in keyed.items()}  # noqa: E731
+    return ({e.id for e in active_a} == {e.id for e in active_b} and [e.id for e in edits_a] == [e.id for e in edits_b]
+            and names_a == names_b and ids(edits_a, tokens_a) == ids(edits_b, tokens_b))
+
+
+def test_the_name_index_catches_up_from_the_events_and_ends_as_one_built_afresh(people, monkeypatch):
+    memory, work, born = people
+    index = NameIndex()
+    assert {e.id for e in index.refresh(memory)} == {e.id for e in memory.list()}  # first call: every active edit
+    assert index.refresh(memory) == []  # the log has not moved
+    reads = []
+    monkeypatch.setattr(memory, "list", lambda *a, **k: reads.append(1) or type(memory).list(memory, *a, **k))
+    alias = memory.add(subject="Lisbon Botanical Institute", prompt="{} was founded in", target="1872")
+    aka = memory.add(subject="Tomas Rell", prompt="{} works for", target="Marisol Quenby", aliases=["Mari Q"])
+    newer = memory.add(subject="Marisol Quenby", prompt="{} works for", target="Quillmark Systems", supersedes=work.id)
+    memory.retract(born.id)
+    assert [e.id for e in index.refresh(memory)] == [alias.id, aka.id, newer.id]  # only what came onto the path
+    assert not reads and same_index(index, built_afresh(memory))
+    assert index.names["marisol quenby"] == ["Mari Q"]  # an alias given by another edit's target
+    assert newer in index.named_in("Where does Mari Q work?") and work not in index.edits
+    memory.retract(newer.id)  # the superseded edit comes back on the path: read again, in order
+    assert [e.id for e in index.refresh(memory)] == [e.id for e in memory.list()] and reads
+    assert same_index(index, built_afresh(memory)) and work in index.edits
+
+
+def test_memory_changes_since_gives_each_event_s_edit_as_it_is_now(people):
+    memory, work, born = people
+    start = memory.revision()
+    newer = memory.add(subject="Marisol Quenby", prompt="{} works for", target="Quillmark Systems", supersedes=work.id)
+    memory.retract(newer.id)
+    changes = memory.changes_since(start)
+    assert [(action, edit.id) for action, edit in changes][0] == ("add", newer.id)
+    assert {edit.id: edit.status for _, edit in changes} == {newer.id: "retracted", work.id: "active"}
+    assert memory.changes_since(memory.revision()) == []
+    assert len(memory.changes_since(0)) >= 3 + len(changes)
+    with pytest.raises(ArgumentError, match="revision"):
+        memory.changes_since(-1)
 
 
 def test_an_edit_named_in_the_question_is_a_candidate_even_when_retrieval_misses_it(people, scope):
