@@ -40,7 +40,7 @@ from memedit.embeddings import DEFAULT_EMBEDDER
 from memedit.errors import ModelPackageError
 from memedit.files import read_checked_meta
 
-from .entities import (CACHED_LENGTH, KINDS, TYPO_MIN, answer_clash, Mention, find_mention, fold, mask, mask_prompt, mentions_text, name_likeness, name_tokens,
+from .entities import (CACHED_LENGTH, KINDS, TYPO_MIN, answer_clash, relation_clash, Mention, find_mention, fold, mask, mask_prompt, mentions_text, name_likeness, name_tokens,
                        relation_words, tokens)
 from .relations import FEATURES as BANK_FEATURES
 from .relations import RelationBank, bank_from_arrays, wh_word
@@ -290,13 +290,16 @@ class EditScope:
             if features[i, _CLASH] > 0.5:  # "When did X marry?" cannot be answered by "X is married to Y"
                 scores[i] = min(scores[i], CLASH_SCORE * self.threshold)
                 reasons[i]["answer_kind"] = "the question asks for a time or number, or a who or where, that the target is not"
+            if "relation_clash" in reasons[i]:  # "Who is the vice-chancellor of X?" is not "The chancellor of X is"
+                scores[i] = min(scores[i], CLASH_SCORE * self.threshold)
         self._check(scores, reasons)
         return [Verdict(e, float(s), bool(s >= self.threshold), r) for e, s, r in zip(edits, scores, reasons)]
 
     def _check(self, scores: np.ndarray, reasons: list[dict[str, Any]]) -> None:
         """Move the head's scores of the pairs whose question names the subject (the head judges
         those) by the relation check's, unless the kind of answer already ruled the edit out."""
-        pairs = {i: reason["_pair"] for i, reason in enumerate(reasons) if "_pair" in reason and "answer_kind" not in reason}
+        pairs = {i: reason["_pair"] for i, reason in enumerate(reasons)
+                 if "_pair" in reason and "answer_kind" not in reason and "relation_clash" not in reason}
         for reason in reasons:
             reason.pop("_pair", None)
         if self.check is None or not pairs:
@@ -348,6 +351,9 @@ class EditScope:
             if mention:
                 reason["mention"] = question[mention.start:mention.end]
                 reason["_pair"] = (asked_text, texts[1 + 4 * len(edits) + i])  # what the relation check reads (judge removes it)
+                sibling = relation_clash(asked_text, edit.prompt)
+                if sibling:
+                    reason["relation_clash"] = f"the question asks for the {sibling[0]}; the edit states the {sibling[1]}"
             reasons.append(reason)
         return np.stack(rows).astype(np.float32), reasons
 

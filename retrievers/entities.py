@@ -354,3 +354,55 @@ def wh_word_of(text: str) -> str | None:
         return None
     word = match.group(1).lower()
     return "who" if word in ("whom", "whose") else word
+
+
+# Relations people tell apart by one word. Each group lists relations that are never one
+# another; each relation is the set of words and phrases that name it. A question that
+# names one relation of a group asks something else than an edit whose prompt names only
+# another relation of the same group ("Who is the vice-chancellor of X?" against "The
+# chancellor of X is"). Words that name several relations in loose talk ("president",
+# "made", "runs") are in no group, nor are family ties: ZsRE asks "Who is the son/daughter
+# of X?" for X's father.
+SIBLING_RELATIONS: tuple[tuple[tuple[str, ...], ...], ...] = (
+    (("chancellor",), ("vice chancellor",), ("pro vice chancellor",), ("provost",), ("dean",), ("rector",)),
+    (("chief executive officer", "chief executive", "ceo"), ("chief financial officer", "cfo", "finance director"),
+     ("chief operating officer", "coo"), ("chief technology officer", "cto"),
+     ("chairman", "chairwoman", "chairperson", "chair", "chairs", "chaired", "chairing"),
+     ("founder", "founders", "founded", "co founder", "co founded")),
+    (("drummer", "drums"), ("guitarist", "lead guitar", "rhythm guitar"), ("bassist", "bass player", "bass guitarist"),
+     ("singer", "lead singer", "vocalist", "vocals", "frontman", "frontwoman"), ("keyboardist", "keyboard player")),
+    (("composer", "composed", "composes", "composing"), ("librettist", "libretto"), ("lyricist", "lyrics"),
+     ("conductor", "conducted"), ("producer", "produced", "produces")),
+    (("director", "directed", "directs"), ("producer", "produced", "produces"), ("screenwriter", "screenplay"),
+     ("showrunner",), ("cinematographer", "cinematography")),
+    (("born", "birth", "birthplace", "place of birth"), ("die", "dies", "died", "death", "place of death"),
+     ("buried", "burial")),
+    (("head of state",), ("head of government", "prime minister")),
+    (("capital",), ("largest city",)),
+)
+
+
+def _relations_named(text: str, group: tuple[tuple[str, ...], ...]) -> set[int]:
+    """Which relations of ``group`` the text names (longer phrases first: "vice chancellor"
+    is not also "chancellor")."""
+    words = " " + " ".join(re.findall(r"[a-z0-9]+", fold(text.replace("{}", " ")))) + " "
+    named: set[int] = set()
+    for phrase, i in sorted(((p, i) for i, rel in enumerate(group) for p in rel), key=lambda x: -len(x[0])):
+        if f" {phrase} " in words:
+            named.add(i)
+            words = words.replace(f" {phrase} ", " | ")
+    return named
+
+
+def relation_clash(question: str, prompt: str) -> tuple[str, str] | None:
+    """Where the question asks a sibling of the edit's relation (:data:`SIBLING_RELATIONS`):
+    (the relation asked, the relation stated), e.g. ("vice chancellor", "chancellor"); else
+    None. Give the question with the edit's subject masked."""
+    for group in SIBLING_RELATIONS:
+        stated = _relations_named(prompt, group)
+        if not stated:
+            continue
+        asked = _relations_named(question, group)
+        if asked and not asked & stated:
+            return group[min(asked)][0], group[min(stated)][0]
+    return None

@@ -12,7 +12,7 @@ import pytest
 from memedit.errors import ArgumentError, ModelPackageError
 from memedit.eval.scope_eval import evaluate_scope, load_scope_questions
 from memedit.retrievers.detector import HEAD_DIR, EditScope, NameIndex, ScopeDetector, load_head
-from memedit.retrievers.entities import answer_clash, find_mention, mask, name_likeness, relation_words, stem
+from memedit.retrievers.entities import answer_clash, find_mention, mask, name_likeness, relation_clash, relation_words, stem
 from memedit.retrievers.relations import WH_WORDS, RelationBank, bank_texts, relation_groups, wh_word
 
 NATURAL = Path(__file__).parent / "data" / "natural_scope.jsonl"
@@ -73,6 +73,23 @@ def test_the_kind_of_answer_asked_for_must_fit_the_target():
     assert answer_clash("When is X held?", "the first Saturday of November") == 0.0
     assert answer_clash("Where did X live when he died?", "Seville") == 0.0
     assert answer_clash("What studio produced X?", "Famous Players Television") == 0.0
+
+
+@pytest.mark.parametrize("question, prompt, clash", [
+    ("Who is the vice-chancellor of [X]?", "The chancellor of {} is", ("vice chancellor", "chancellor")),
+    ("Who wrote the libretto for [X]?", "The opera {} was composed by", ("librettist", "composer")),
+    ("Who chairs the board of [X]?", "The chief financial officer of {} is", ("chairman", "chief financial officer")),
+    ("Who is the guitarist in [X]?", "The drummer of {} is", ("guitarist", "drummer")),
+    ("Where did [X] die?", "{} was born in", ("die", "born")),
+    ("Who is the head of state of [X]?", "The head of government of {} is", ("head of state", "head of government")),
+    ("Who is the chancellor of [X]?", "The chancellor of {} is", None),  # the same relation
+    ("Where was the CEO of [X] born?", "The CEO of {} is", None),  # one step past it: the edit's relation is named
+    ("Who runs [X]?", "The chief executive officer of {} is", None),  # a loose word: no call made
+    ("Who is the son/daughter of [X]?", "Who was {}'s father?", None),  # family ties: ZsRE's own convention
+    ("What is the capital of [X]?", "The official language of {} is", None),  # not siblings: other features judge it
+])
+def test_a_question_asking_a_sibling_of_the_edit_s_relation_is_told_apart(question, prompt, clash):
+    assert relation_clash(question, prompt) == clash
 
 
 def test_a_question_that_uses_the_edit_s_relation_words_is_told_apart_from_one_that_does_not():
@@ -274,6 +291,18 @@ def test_a_question_whose_answer_cannot_be_the_target_is_out_of_scope_and_the_tr
     verdict = next(v for v in decision.verdicts if v.edit.id == born.id)
     assert verdict.score < scope.threshold and "answer_kind" in verdict.record()
     assert detector.decide("Where was Marisol Quenby born?").best.id == born.id
+
+
+def test_a_sibling_relation_is_out_of_scope_and_the_trace_says_why(open_memory, db_path, scope):
+    memory = open_memory(db_path, namespace="campus")
+    chancellor = memory.add(subject="the University of Thornwick Vale", prompt="The chancellor of {} is", target="Dame Hester Ruddock")
+    detector = ScopeDetector(memory, scope)
+    assert detector.decide("Who is the chancellor of the University of Thornwick Vale?").best.id == chancellor.id
+    decision = detector.decide("Who is the vice-chancellor of the University of Thornwick Vale?")
+    assert decision.best is None
+    record = decision.verdicts[0].record()
+    assert record["relation_clash"] == "the question asks for the vice chancellor; the edit states the chancellor"
+    assert "relation_check" not in record and record["scope_score"] < scope.threshold  # no check's pass spent on it
 
 
 def test_a_new_edit_a_supersede_and_a_retraction_apply_at_the_next_question(people, scope):
