@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cpu import native_bfloat16
 from .errors import ModelPackageError
 from .files import check_sha256, quiet_hf
 
@@ -102,8 +103,6 @@ def matmul_dtype(precision: str = "auto"):
     if precision not in PRECISIONS:
         raise ValueError(f"MEMEDIT_EMBED_PRECISION={precision!r}: use one of {', '.join(PRECISIONS)}")
     if precision == "auto":
-        from .cpu import native_bfloat16
-
         precision = "bfloat16" if native_bfloat16() else "float32"
     return getattr(torch, precision)
 

@@ -288,18 +288,16 @@ class EditScope:
             if not head_judges(features[i]):  # nothing of the edit named: the statement's cosine decides
                 scores[i] = self.free_text_score(cosine, FREE_TEXT_COSINE if edit.subject is None else UNNAMED_COSINE)
             if features[i, _CLASH] > 0.5:  # "When did X marry?" cannot be answered by "X is married to Y"
-                scores[i] = min(scores[i], CLASH_SCORE * self.threshold)
                 reasons[i]["answer_kind"] = "the question asks for a time or number, or a who or where, that the target is not"
-            if "relation_clash" in reasons[i]:  # "Who is the vice-chancellor of X?" is not "The chancellor of X is"
+            if _ruled_out(reasons[i]):
                 scores[i] = min(scores[i], CLASH_SCORE * self.threshold)
         self._check(scores, reasons)
         return [Verdict(e, float(s), bool(s >= self.threshold), r) for e, s, r in zip(edits, scores, reasons)]
 
     def _check(self, scores: np.ndarray, reasons: list[dict[str, Any]]) -> None:
         """Move the head's scores of the pairs whose question names the subject (the head judges
-        those) by the relation check's, unless the kind of answer already ruled the edit out."""
-        pairs = {i: reason["_pair"] for i, reason in enumerate(reasons)
-                 if "_pair" in reason and "answer_kind" not in reason and "relation_clash" not in reason}
+        those) by the relation check's, unless a rule already ruled the edit out."""
+        pairs = {i: reason["_pair"] for i, reason in enumerate(reasons) if "_pair" in reason and not _ruled_out(reason)}
         for reason in reasons:
             reason.pop("_pair", None)
         if self.check is None or not pairs:
@@ -360,8 +358,9 @@ class EditScope:
     def _bank_scores(self, pair_vectors: np.ndarray, asked_texts: Sequence[str], relations: Sequence[str]
                      ) -> tuple[np.ndarray | None, np.ndarray | None]:
         """Per pair, the relation bank's scores of the masked question (``asked_texts``) and of
-        the edit's relation text (None without a bank); each distinct masked question is scored once. An edit's side is scored once per relation text and kept;
-        ``bank_holdout`` is set while training only, and then nothing is kept."""
+        the edit's relation text (None without a bank). Each distinct masked question is scored
+        once; an edit's side is scored once per relation text and kept; ``bank_holdout`` is
+        set while training only, and then nothing is kept."""
         bank = self.head.bank
         if bank is None:
             return None, None
@@ -426,6 +425,13 @@ def _logit(p: float) -> float:
 
 def _sigmoid(z: float) -> float:
     return float(1.0 / (1.0 + np.exp(-np.clip(z, -30, 30))))
+
+
+def _ruled_out(reason: dict[str, Any]) -> bool:
+    """Whether a rule put the edit out of scope whatever the scores: the kind of answer asked
+    (``answer_kind``) or a sibling of its relation (``relation_clash``, "Who is the
+    vice-chancellor of X?" for "The chancellor of X is")."""
+    return "answer_kind" in reason or "relation_clash" in reason
 
 
 def head_judges(row: np.ndarray) -> bool:

@@ -382,12 +382,21 @@ SIBLING_RELATIONS: tuple[tuple[tuple[str, ...], ...], ...] = (
 )
 
 
-def _relations_named(text: str, group: tuple[tuple[str, ...], ...]) -> set[int]:
-    """Which relations of ``group`` the text names (longer phrases first: "vice chancellor"
-    is not also "chancellor")."""
-    words = " " + " ".join(re.findall(r"[a-z0-9]+", fold(text.replace("{}", " ")))) + " "
+# Per group, each phrase with its relation's number, longest first ("vice chancellor" is
+# matched, and taken out, before "chancellor").
+_SIBLING_PHRASES = [sorted(((p, i) for i, rel in enumerate(group) for p in rel), key=lambda x: -len(x[0]))
+                    for group in SIBLING_RELATIONS]
+
+
+def _words(text: str) -> str:
+    """``text`` folded to its words, one space around each ("{}" dropped)."""
+    return " " + " ".join(re.findall(r"[a-z0-9]+", fold(text.replace("{}", " ")))) + " "
+
+
+def _relations_named(words: str, phrases: Sequence[tuple[str, int]]) -> set[int]:
+    """Which relations of one group (its ``phrases``) the :func:`_words` of a text name."""
     named: set[int] = set()
-    for phrase, i in sorted(((p, i) for i, rel in enumerate(group) for p in rel), key=lambda x: -len(x[0])):
+    for phrase, i in phrases:
         if f" {phrase} " in words:
             named.add(i)
             words = words.replace(f" {phrase} ", " | ")
@@ -398,11 +407,12 @@ def relation_clash(question: str, prompt: str) -> tuple[str, str] | None:
     """Where the question asks a sibling of the edit's relation (:data:`SIBLING_RELATIONS`):
     (the relation asked, the relation stated), e.g. ("vice chancellor", "chancellor"); else
     None. Give the question with the edit's subject masked."""
-    for group in SIBLING_RELATIONS:
-        stated = _relations_named(prompt, group)
+    asked_words, stated_words = _words(question), _words(prompt)
+    for group, phrases in zip(SIBLING_RELATIONS, _SIBLING_PHRASES):
+        stated = _relations_named(stated_words, phrases)
         if not stated:
             continue
-        asked = _relations_named(question, group)
+        asked = _relations_named(asked_words, phrases)
         if asked and not asked & stated:
             return group[min(asked)][0], group[min(stated)][0]
     return None
