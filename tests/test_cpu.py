@@ -35,7 +35,7 @@ def probe(**env: str) -> tuple[dict, int, dict, int]:
     return {tuple(k): v for k, v in b}, bt, {tuple(k): v for k, v in a}, at
 
 
-def test_opening_a_memory_gives_numpy_and_faiss_one_thread_and_leaves_torch_alone():
+def test_a_memory_in_use_gives_numpy_and_faiss_one_thread_and_leaves_torch_alone():
     before, torch_before, after, torch_after = probe()
     numpy_blas, faiss_omp = ("openblas", "numpy"), ("openmp", "faiss")
     # the pools start with the threads asked for (OpenBLAS no more than the machine's cores)
