@@ -18,6 +18,7 @@ Install with ``pip install "memedit[serve]"``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -82,8 +83,9 @@ class _Service:
     """What the routes share: the memory, the model's worker, the keys and the routers."""
 
     def __init__(self, memory: Memory, model: Any, router: str, model_name: str, keys: KeyRing,
-                 max_tokens: int, max_tokens_limit: int) -> None:
+                 max_tokens: int, max_tokens_limit: int, warm: bool = True) -> None:
         self.memory, self.model, self.keys = memory, model, keys
+        self.warm_ahead = warm
         self.local = _is_local(model)
         self.routers = ROUTERS if self.local else PROMPT_ROUTERS
         if router not in self.routers:
@@ -109,6 +111,23 @@ class _Service:
             self._edited[namespace, router] = EditedModel(self.model, self.view(namespace), router=router, stop=(),
                                                           max_new_tokens=self.max_tokens)
         return self._edited[namespace, router]
+
+    def warm(self, namespace: str, router: str, question: str) -> None:
+        """While the model is busy with other requests, embed this question's texts on another
+        thread (``EditedModel.warm``), so that its turn on the model does not wait for them. Not
+        when the model is free (the answer starts at once) or the namespace has no EditedModel
+        yet (made on the worker); a failure only loses the head start."""
+        edited = self._edited.get((namespace, router))
+        if not self.warm_ahead or edited is None or not self.worker.busy:
+            return
+
+        def warm() -> None:
+            try:
+                edited.warm(question)
+            except Exception:  # the answer computes what is missing itself
+                log.warning("warming a question failed; its answer embeds it itself", exc_info=True)
+
+        asyncio.get_running_loop().run_in_executor(None, warm)
 
     def prepared(self, body: ChatRequest) -> tuple[str, int, tuple[str, ...]]:
         """Check a chat request: the model, the router and the budget."""
@@ -222,13 +241,15 @@ def _edits_of(payload: Any) -> tuple[list[Edit], bool]:
 
 def create_app(memory: Memory, model: Any, router: str = "serac", model_name: str | None = None,
                keys: KeyRing | None = None, max_tokens: int = 96, max_tokens_limit: int = 2048,
-               max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+               max_body_bytes: int = MAX_BODY_BYTES, warm: bool = True) -> FastAPI:
     """The FastAPI app serving ``model`` (a local ``LanguageModel`` or a black-box backend such
     as ``LangChainBackend``) through ``memory``'s database. ``router`` is the default router;
     ``model_name`` the id clients send (default: the model's name); ``keys`` the key ring
-    (default: the memory database's); ``max_tokens`` the default answer budget."""
+    (default: the memory database's); ``max_tokens`` the default answer budget; ``warm``
+    whether a question that must wait for the model is decided ahead on another thread
+    while it waits (``_Service.warm``), so that its turn on the model only reads caches."""
     service = _Service(memory, model, router, model_name or getattr(model, "name", "memedit"), keys or KeyRing(memory.path),
-                       max_tokens, max_tokens_limit)
+                       max_tokens, max_tokens_limit, warm)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -259,6 +280,7 @@ def create_app(memory: Memory, model: Any, router: str = "serac", model_name: st
         started = time.perf_counter()
         router, budget, stop = service.prepared(body)
         question, history = body.conversation()
+        service.warm(namespace, router, question)
         cid = completion_id()
         if not body.stream:
             answer, timing = await service.worker.run(

@@ -44,6 +44,8 @@ class ModelWorker:
         self.model = model
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="memedit-model")
         self._local = threading.local()
+        self._pending = 0  # jobs submitted and not finished
+        self._pending_lock = threading.Lock()
         # The model's methods are wrapped on the instance while the worker lives (close() undoes it).
         self._saved = {name: model.__dict__.get(name) for name in (*TIMED, "stream") if callable(getattr(model, name, None))}
         for name in self._saved:
@@ -78,6 +80,15 @@ class ModelWorker:
                 yield piece
         return stream
 
+    @property
+    def busy(self) -> bool:
+        """Whether a job is running or waiting: a job submitted now would wait its turn."""
+        return self._pending > 0
+
+    def _count(self, step: int) -> None:
+        with self._pending_lock:
+            self._pending += step
+
     def _job(self, job: Callable[[], T], submitted: float) -> tuple[T, Timing]:
         timing = Timing(queued=time.perf_counter() - submitted)
         self._local.seconds = 0.0
@@ -88,11 +99,13 @@ class ModelWorker:
         finally:
             timing.generation = self._local.seconds
             timing.finished = time.perf_counter()
+            self._count(-1)
 
     # -- running jobs -----------------------------------------------------------------------
     async def run(self, job: Callable[[], T]) -> tuple[T, Timing]:
         """Run ``job()`` on the worker; its result and timing."""
         loop = asyncio.get_running_loop()
+        self._count(1)
         result, timing = await loop.run_in_executor(self._executor, self._job, job, time.perf_counter())
         timing.resumed = time.perf_counter() - timing.finished
         return result, timing
@@ -126,6 +139,7 @@ class ModelWorker:
                 put(("error", error))
 
         submitted = time.perf_counter()
+        self._count(1)
         loop.run_in_executor(self._executor, run)
         try:
             while True:

@@ -12,7 +12,8 @@ The server runs with ``OMP_NUM_THREADS=1`` unless that is set otherwise for this
 Three parts, each printed:
 
 0. Alone: ``--quiet`` questions one at a time (memedit's overhead without contention),
-   then edits added one at a time while a long answer is generated.
+   then edits added one at a time while a long answer is generated; the questions again
+   on a second server whose embedder runs in float32 (the baseline), unless ``--no-baseline``.
 1. Load: ``--clients`` concurrent clients for ``--seconds``, each with its own key and
    namespace, adding edits and (a share ``--ask-share`` of their requests) asking
    questions about their own edits, non-streaming, ``--max-tokens`` each, on SmolLM2.
@@ -20,6 +21,9 @@ Three parts, each printed:
    p50/p95 latency of ``POST /v1/edits`` and ``POST /v1/chat/completions`` as the client
    sees it; and memedit's own overhead per chat (the server's time for the request minus
    the model's generation and the wait for the model, from the reply's ``memedit.timing``).
+   A question that waits for the model is decided ahead while it waits (``memedit serve``'s
+   default); the same load then runs on a second server with ``--no-warm`` (the baseline,
+   each question decided only on its turn), unless ``--no-baseline``.
 2. Crash: ``--crash-writers`` clients add edits; the server gets kill -9 mid-way; it is
    restarted on the same database and every acknowledged edit must be there.
 3. Fuzz: ``--fuzz`` requests with keys of random namespaces (list, search, get, history
@@ -56,14 +60,15 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(db: str, port: int, max_tokens: int, log: Path, precision: str | None = None) -> subprocess.Popen:
+def start_server(db: str, port: int, max_tokens: int, log: Path, precision: str | None = None,
+                 warm: bool = True) -> subprocess.Popen:
     """``memedit serve`` on 127.0.0.1:port, once it answers (``precision``: the embedder's,
-    else the default)."""
+    else the default; ``warm=False``: ``--no-warm``)."""
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     if precision:
         env["MEMEDIT_EMBED_PRECISION"] = precision
     process = subprocess.Popen([sys.executable, "-m", "memedit.cli", "--db", db, "serve", "--host", "127.0.0.1",
-                                "--port", str(port), "--max-tokens", str(max_tokens)],
+                                "--port", str(port), "--max-tokens", str(max_tokens), *([] if warm else ["--no-warm"])],
                                env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300
     while True:
@@ -287,6 +292,34 @@ def baseline_alone(tmp: str, args: argparse.Namespace) -> None:
           f"float32, the default before bfloat16): memedit overhead p50 {statistics.median(base.overhead):.1f} ms")
 
 
+def keyed_server(tmp: str, name: str, clients: int) -> tuple[str, dict[str, str]]:
+    """A fresh database in ``tmp`` with one key per client namespace: (database, keys)."""
+    db = str(Path(tmp) / f"{name}.db")
+    ring = KeyRing(db)
+    keys = {f"client-{i:02d}": ring.create(f"client-{i:02d}")[0] for i in range(clients)}
+    ring.close()
+    return db, keys
+
+
+def overhead_line(tally: Tally) -> str:
+    return f"p50 {statistics.median(tally.overhead):.1f} ms, p95 {pct(tally.overhead, 0.95):.1f} ms"
+
+
+def baseline_load(tmp: str, args: argparse.Namespace) -> None:
+    """Part 1's load again on a second server (its own database) run with ``--no-warm``."""
+    db, keys = keyed_server(tmp, "baseline-load", args.clients)
+    port = free_port()
+    process = start_server(db, port, args.max_tokens, Path(tmp) / "baseline-load.log", warm=False)
+    try:
+        tally = asyncio.run(load(f"http://127.0.0.1:{port}", keys, args))
+    finally:
+        stop_server(process)
+    if tally.overhead:
+        print(f"   baseline, the same load on a server that decides each question only on its turn on the model "
+              f"(memedit serve --no-warm, the default before): memedit overhead per chat {overhead_line(tally)} "
+              f"({len(tally.overhead)} chats)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="length of the load run (default 60)")
@@ -296,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", type=int, default=10, help="questions asked one at a time before the load (default 10)")
     parser.add_argument("--quiet-only", action="store_true", help="stop after part 0 (the overhead alone)")
     parser.add_argument("--no-baseline", action="store_true",
-                        help="skip part 0 on a second server whose embedder runs in float32 (the default before bfloat16)")
+                        help="skip the baselines: part 0 on a second server whose embedder runs in float32 (the default "
+                             "before bfloat16), part 1 on a second server run with --no-warm")
     parser.add_argument("--crash-writers", type=int, default=10, help="clients writing when the server is killed (default 10)")
     parser.add_argument("--crash-after", type=float, default=4.0, help="seconds of writing before kill -9 (default 4)")
     parser.add_argument("--fuzz", type=int, default=500, help="requests of the namespace fuzz (default 500)")
@@ -305,11 +339,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("keep it bounded: 1 to 200 clients, at most 600 s, at most --clients crash writers")
 
     with tempfile.TemporaryDirectory(prefix="memedit-serve-bench-") as tmp:
-        db, log, port = str(Path(tmp) / "serve.db"), Path(tmp) / "server.log", free_port()
+        (db, keys), log, port = keyed_server(tmp, "serve", args.clients), Path(tmp) / "server.log", free_port()
         url = f"http://127.0.0.1:{port}"
-        ring = KeyRing(db)
-        keys = {f"client-{i:02d}": ring.create(f"client-{i:02d}")[0] for i in range(args.clients)}
-        ring.close()
         started = time.monotonic()
         process = start_server(db, port, args.max_tokens, log)
         print(f"memedit serve (SmolLM2-135M, serac) up in {time.monotonic() - started:.1f} s on {url}; "
@@ -350,11 +381,14 @@ def main(argv: list[str] | None = None) -> int:
             ms = [s * 1000 for s in tally.latency[name]]
             print(f"   {path:<26} {len(ms):5d} requests  p50 {pct(ms, 0.5):8.1f} ms  p95 {pct(ms, 0.95):8.1f} ms")
         if tally.overhead:
-            print(f"   memedit overhead per chat (server time minus generation and queueing): p50 "
-                  f"{statistics.median(tally.overhead):.1f} ms, p95 {pct(tally.overhead, 0.95):.1f} ms "
-                  f"(target p50 <= {OVERHEAD_TARGET_MS:.0f} ms); generation p50 {statistics.median(tally.generation):.1f} ms; "
+            print(f"   memedit overhead per chat (server time minus generation and queueing; a question that waits for "
+                  f"the model is decided ahead on another thread while it waits, and its turn repeats the decision "
+                  f"from the caches): {overhead_line(tally)} ({len(tally.overhead)} chats, target p50 <= "
+                  f"{OVERHEAD_TARGET_MS:.0f} ms); generation p50 {statistics.median(tally.generation):.1f} ms; "
                   f"the answer's wait for the event loop once written (other requests' turn, queueing) "
                   f"p50 {statistics.median(tally.resumed):.1f} ms, p95 {pct(tally.resumed, 0.95):.1f} ms")
+        if not args.no_baseline:
+            baseline_load(tmp, args)
 
         # 2. kill -9 during writes, restart
         crashed = asyncio.run(crash(url, keys, process, args))

@@ -55,6 +55,11 @@ class EditedModel:
         ``history`` is the conversation so far, as role/content dicts."""
         return self.router.answer(question, history)
 
+    def warm(self, question: str) -> None:
+        """Compute, from any thread, what answering ``question`` will embed (the router's
+        ``warm``): a server calls it while the question waits for the model."""
+        self.router.warm(question)
+
     def stream(self, question: str, history: Sequence[dict[str, str]] = ()):
         """``ask``, as text pieces while the model writes: iterate the returned stream; its
         ``answer`` (the full ``Answer``) is set once it is read to the end."""

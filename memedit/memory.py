@@ -17,12 +17,21 @@ from .edit import KINDS, Edit, _check_text, new_edit_id, utc_now
 from .embeddings import DEFAULT_EMBEDDER, Embedder, get_embedder
 from .errors import ArgumentError, ConflictError, EditError, ImportFailed
 from .index import HNSW_THRESHOLD, NamespaceIndex, index_folder
-from .storage import STATUSES, Action, Event, Storage, StoredEdit, open_store, row_to_edit, safe_url
-from .store import db_path
+from .storage import STATUSES, Action, Event, Storage, StoredEdit, is_postgres, row_to_edit, safe_url
+from .store import Store, db_path
 
 DEFAULT_DB = "memedit.db"
 DEFAULT_NAMESPACE = "default"
 MAX_K = 1_000
+
+
+def open_store(location: str, artifacts_dir: str | Path | None = None) -> Storage:
+    """The store at ``location``: PostgreSQL for a ``postgresql://`` URL, else an SQLite file."""
+    if is_postgres(location):
+        from .pgstore import PgStore  # psycopg is an optional extra
+
+        return PgStore(location, artifacts_dir=artifacts_dir)
+    return Store(location, artifacts_dir=artifacts_dir)
 
 
 @dataclass(frozen=True)

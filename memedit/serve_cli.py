@@ -24,6 +24,9 @@ def add_serve_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     serve.add_argument("--port", type=int, default=8000, help="default: 8000")
     serve.add_argument("--max-tokens", type=int, default=96, help="answer budget when a request gives none (default: 96)")
+    serve.add_argument("--no-warm", action="store_true",
+                       help="decide each question only on its turn on the model (by default a question that must wait "
+                            "for the model is decided ahead, on another core, while it waits)")
 
     keys = commands.add_parser("keys", parents=[common], help="bearer keys of `memedit serve`: create, list, revoke",
                                description="Keys are bound to one namespace (--namespace) and stored hashed in the database.")
@@ -89,6 +92,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         model = load_model(args.model)
     with Memory(args.db) as memory:
         memory.embedder  # loaded now, not by the first request
-        app = create_app(memory, model, router=args.router, model_name=args.model, max_tokens=args.max_tokens)
+        app = create_app(memory, model, router=args.router, model_name=args.model, max_tokens=args.max_tokens,
+                         warm=not args.no_warm)
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

@@ -6,7 +6,8 @@ and the reads. The queries are written once here, with ``?`` placeholders; a bac
 gives the primitives (``_rows``, ``_all``, ``_one``, ``_exec``, ``_insert``), its
 transactions and the few differences of its dialect (class attributes below).
 ``memedit.store.Store`` is SQLite (the embedded default), ``memedit.pgstore.PgStore``
-PostgreSQL + pgvector. ``open_store`` picks one from the location given.
+PostgreSQL + pgvector; ``memedit.memory.open_store`` picks one from the location given
+(this module imports neither).
 Every query takes the namespace; nothing reads across namespaces except ``namespaces()``.
 """
 
@@ -152,17 +153,6 @@ def is_postgres(location: Any) -> bool:
 def safe_url(location: str) -> str:
     """A database location fit to show: a URL's password (if any) replaced by ***."""
     return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", location)
-
-
-def open_store(location: str, artifacts_dir: str | Path | None = None) -> "Storage":
-    """The store at ``location``: PostgreSQL for a ``postgresql://`` URL, else an SQLite file."""
-    if is_postgres(location):
-        from .pgstore import PgStore  # psycopg is an optional extra
-
-        return PgStore(location, artifacts_dir=artifacts_dir)
-    from .store import Store
-
-    return Store(location, artifacts_dir=artifacts_dir)
 
 
 def _chunks(values: list[Any], size: int = 500) -> Iterator[tuple[list[Any], str]]:

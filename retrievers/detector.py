@@ -522,10 +522,12 @@ class NameIndex:
         since the last call (every active edit the first time), empty if the log has not moved.
         New edits and edits taken off the path are applied from the events since; a restore or
         revert (an older edit back on the path) reads the active edits again, in their order."""
-        revision = memory.revision()
-        if revision == self.revision:
+        if memory.revision() == self.revision:
             return []
-        with self._lock:
+        with self._lock:  # another thread may have caught up meanwhile: read the revision again
+            revision = memory.revision()
+            if revision == self.revision:
+                return []
             changes = memory.changes_since(self.revision) if self.revision is not None and revision > self.revision else None
             if changes is None or any(action in ON_PATH_AGAIN for action, _ in changes):
                 active = fresh = memory.list()
@@ -657,6 +659,15 @@ class ScopeDetector:
         if not isinstance(self.classifier, EditScope):
             return self.memory.embedder.encode_one(question)
         return self.embed([question, *self.classifier.masked(question, named, self.names.names)])[0]
+
+    def warm(self, question: str) -> None:
+        """Decide ``question`` and drop the decision: the vectors and relation-check scores it
+        computed stay in the classifier's caches, so deciding it again (on its turn on the
+        model) runs no encoder. Safe from any thread; a server calls it while the question
+        waits for the model. The edits may change in between: the later decision reads them
+        afresh. Nothing to warm for a classifier without caches."""
+        if isinstance(self.classifier, EditScope):
+            self.decide(question)
 
     def candidates(self, question: str, vector: np.ndarray | None = None, named: Sequence[Any] | None = None
                    ) -> tuple[list[Any], dict[str, float | None]]:

@@ -26,6 +26,7 @@ class IKERouter(Router):
     nearest edits considered; ``n_demos`` the fixed demonstrations."""
 
     name = "ike"
+    decides_question = True
 
     def __init__(self, model: LanguageModel, memory: Memory, k: int = 5, scope: str | Any = "edit",
                  threshold: float | None = None, n_demos: int = 8, **options) -> None:
@@ -39,7 +40,7 @@ class IKERouter(Router):
 
     def plan(self, question: str, history: Sequence[dict[str, str]] = ()) -> Plan:
         trace: list[dict] = []
-        vector = self.memory.embedder.encode_one(question)
+        vector = self.detector.embed_question(question, self.detector.named(question))
         shown = self.decide(question, trace, vector).applied[:self.k]
         if not shown:
             return self.base_plan(question, trace, history)

@@ -25,6 +25,7 @@ class SERACRouter(Router):
     those whose subject the question names; ``threshold`` overrides the classifier's."""
 
     name = "serac"
+    decides_question = True
 
     def __init__(self, model: LanguageModel, memory: Memory, scope: str | Any = "edit",
                  k: int = 5, threshold: float | None = None, **options) -> None:

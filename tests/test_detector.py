@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -507,6 +508,31 @@ def test_a_question_never_embeds_a_stored_statement_again(open_memory, db_path, 
     recording.texts.clear()
     assert detector.decide("What is the office cat called?").best.id == later.id
     assert later.statement not in recording.texts
+
+
+def test_a_question_warmed_on_another_thread_is_decided_without_embedding_and_the_same(open_memory, db_path, embedder):
+    recording = Recording(embedder)
+    memory = open_memory(db_path, embedder=recording)
+    work = memory.add(subject="Marisol Quenby", prompt="{} works for", target="the Lisbon Botanical Institute")
+    memory.add(statement="Alice's manager is Bob.")
+    cold = ScopeDetector(memory, EditScope(recording))
+    warm = ScopeDetector(memory, EditScope(recording))
+    memory.add(subject="Marisol Quenby", prompt="{} was born in", target="Tavrin")  # fresh to both name indexes
+    for question in ("Who employs marisol quenby these days?", "Who is Alice's manager?", "Who is the president of France?"):
+        thread = threading.Thread(target=warm.warm, args=(question,))
+        thread.start()
+        thread.join()
+        recording.texts.clear()
+        checked = []
+        forward = warm.classifier.check._forward
+        warm.classifier.check._forward = lambda items: checked.append(items) or forward(items)
+        decided = warm.decide(question)
+        del warm.classifier.check._forward
+        assert recording.texts == [] and checked == []  # every vector and check score it needs was ready
+        expected = cold.decide(question)
+        assert [(v.edit.id, round(v.score, 6), v.in_scope) for v in decided.verdicts] == \
+            [(v.edit.id, round(v.score, 6), v.in_scope) for v in expected.verdicts]
+    assert warm.decide("Who employs Marisol Quenby?").best.id == work.id
 
 
 def test_scope_questions_become_pairs_with_their_edit_and_against_their_group_s_other_edits(tmp_path):

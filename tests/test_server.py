@@ -4,6 +4,7 @@ client (chat completions, streaming, the ``memedit`` extra field) and with plain
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -317,3 +318,50 @@ def test_memedit_serve_command_listens_on_localhost(server, tmp_path):
         process.kill()
         process.wait()
 
+
+
+async def test_a_question_waiting_for_the_model_is_decided_off_the_model_s_thread(lm, embedder, tmp_path, monkeypatch):
+    memory = Memory(str(tmp_path / "warm.db"), embedder=embedder)
+    fact = memory.with_namespace("warm").add(**FRANCE)
+    service = create_app(memory, lm, max_tokens=4).state.service
+    edited = service.edited("warm", "serac")
+    encoded: list[tuple[str, str]] = []  # (text, thread) of every text the embedder is given
+    encode = embedder.encode
+    monkeypatch.setattr(embedder, "encode", lambda texts, *a, **k: encoded.extend(
+        (t, threading.current_thread().name) for t in texts) or encode(texts, *a, **k))
+    try:
+        service.warm("warm", "serac", "What is the capital of France these days?")  # the model is free: nothing done ahead
+        await asyncio.sleep(0.3)
+        assert encoded == []
+        release = threading.Event()
+        blocking = asyncio.ensure_future(service.worker.run(release.wait))  # another request holds the model
+        await asyncio.sleep(0.05)
+        question = "Which city is the capital of France now?"
+        service.warm("warm", "serac", question)
+        for _ in range(200):
+            if any(text == question for text, _ in encoded):
+                break
+            await asyncio.sleep(0.05)
+        assert [thread for text, thread in encoded if text == question] and not any(
+            thread.startswith("memedit-model") for _, thread in encoded)
+        release.set()
+        await blocking
+        encoded.clear()
+        answer, _ = await service.worker.run(lambda: edited.ask(question))
+        assert encoded == [] and [e.id for e in answer.edits_used] == [fact.id]  # its turn ran no encoder
+        assert not service.worker.busy
+        # memedit serve --no-warm: a waiting question is left for its turn
+        cold = create_app(memory, lm, max_tokens=4, warm=False).state.service
+        cold.edited("warm", "serac")
+        release = threading.Event()
+        blocking = asyncio.ensure_future(cold.worker.run(release.wait))
+        await asyncio.sleep(0.05)
+        cold.warm("warm", "serac", "Is Lyon the capital of France today?")
+        await asyncio.sleep(0.5)
+        release.set()
+        await blocking
+        cold.worker.close()
+        assert encoded == []
+    finally:
+        service.worker.close()
+        memory.close()
