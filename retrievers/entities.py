@@ -159,7 +159,8 @@ def find_mention(question: str, name: str, question_tokens: Sequence[tuple[str, 
             if len(want) < TYPO_MIN or len(got) < TYPO_MIN - 1:
                 typos = allowed + 1
                 break
-            typos += typo_distance(got, want)
+            # the budget left, not 1: at limit 1 any other word ("Michigan" for "Cambridge") came back as 2 typos
+            typos += typo_distance(got, want, limit=allowed - typos)
             if typos > allowed:
                 break
         if typos <= allowed and (best is None or best.kind in ("partial", "weak")):
@@ -167,7 +168,7 @@ def find_mention(question: str, name: str, question_tokens: Sequence[tuple[str, 
     if best is not None or n < 2:
         return best
     partial = _partial(found, wanted)
-    if partial is not None and (_common_words(question, partial, name) or _inside_other_name(question, partial, wanted)):
+    if partial is not None and (_common_words(question, partial, name) or _inside_other_name(question, partial, name, wanted)):
         return None
     return partial
 
@@ -193,17 +194,31 @@ def _common_words(question: str, mention: Mention, name: str) -> bool:
 _WORD = re.compile(r"[^\W_]+")
 
 
-def _inside_other_name(question: str, mention: Mention, wanted: tuple[str, ...]) -> bool:
-    """Whether a partial mention is part of another capitalised name: the word right before
-    or after it is capitalised and not the name's ("King" in "Martin Luther King Jr." is
-    not "Stephen King"; "John" in "John Legend" is not "Elton John")."""
+def _inside_other_name(question: str, mention: Mention, name: str, wanted: tuple[str, ...]) -> bool:
+    """Whether a partial mention is part of another name: the word right before or after it
+    (after it, past joining words such as "of") is capitalised and not the name's ("King" in
+    "Martin Luther King Jr." is not "Stephen King"; "John" in "John Legend" is not "Elton John";
+    "University" in "University of Coimbra" is not "Keio University"); or, for a name written
+    in lower case (a common noun such as "shooting guard"), the word right before it is
+    another word that is not the name's ("point guard" is not "shooting guard")."""
     before = _WORD.findall(question[:mention.start])
     after = _WORD.findall(question[mention.end:])
+    while len(after) > 1 and fold(after[0]) in _JOINING:
+        after = after[1:]
     neighbours = ([before[-1]] if len(before) > 1 else []) + after[:1]  # the question's first word is capitalised anyway
-    return any(w[:1].isupper() and _name_token(fold(w), wanted) is None and fold(w) not in _TITLES for w in neighbours)
+    if any(w[:1].isupper() and _name_token(fold(w), wanted) is None and fold(w) not in _TITLES for w in neighbours):
+        return True
+    modifier = fold(before[-1]) if before else None
+    return (name == name.lower() and modifier is not None and modifier not in _COMMON_WORDS
+            and _name_token(modifier, wanted) is None)
 
 
 _TITLES = frozenset("dr mr mrs ms miss prof professor sir dame lady lord".split())
+_JOINING = frozenset("of the de du des la le von van der den del da di and".split())
+# Words that may stand before a common-noun name without changing it ("the", "which", "is" in
+# "Which sport is shooting guard associated with?").
+_COMMON_WORDS = frozenset("""a an and at by for from in of on or the to with is was are were be been being what who whom whose
+which where when why how does did do has have had it its this that these those my your our their his her about as""".split())
 
 
 def _partial(found: Sequence[tuple[str, int, int]], wanted: tuple[str, ...]) -> Mention | None:

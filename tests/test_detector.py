@@ -37,6 +37,8 @@ NATURAL = Path(__file__).parent / "data" / "natural_scope.jsonl"
     ("Vistaro Plse manufacturer", "the Vistaro Pulse", "fuzzy"),
     ("Who commands the Temperence Vale?", "HMS Temperance Vale", "partial"),  # part of the name, with a typo
     ("Who is chancellor at Thornwik Vale University?", "the University of Thornwick Vale", "partial"),
+    ("Where is the Univeristy of Caldbrige?", "University of Caldbridge", "fuzzy"),  # two typos in a three-word name
+    ("What does a harbour warden do?", "harbour warden", "exact"),
 ])
 def test_a_name_is_found_in_the_ways_people_write_it(question, name, kind):
     mention = find_mention(question, name)
@@ -51,6 +53,9 @@ def test_a_name_is_found_in_the_ways_people_write_it(question, name, kind):
     ("Where is Tavin?", "Tavn"),                          # no typos in names under five letters
     ("Which university did Corvin Aldermast go to?", "Meridale University"),  # a common noun, not the name
     ("Who is the captain of Temperance Bay?", "HMS Temperance Vale"),   # part of another capitalised name
+    ("Where is the University of Marrowick?", "University of Caldbridge"),  # another word is not two typos
+    ("Who founded the University of Tessaly?", "Orrin University"),     # part of another name, past "of"
+    ("What does a night warden do?", "harbour warden"),               # a common noun with another word before it
 ])
 def test_other_names_are_not_found(question, name):
     assert find_mention(question, name) is None
