@@ -113,10 +113,11 @@ class _Service:
         return self._edited[namespace, router]
 
     def warm(self, namespace: str, router: str, question: str) -> None:
-        """While the model is busy with other requests, embed this question's texts on another
-        thread (``EditedModel.warm``), so that its turn on the model does not wait for them. Not
-        when the model is free (the answer starts at once) or the namespace has no EditedModel
-        yet (made on the worker); a failure only loses the head start."""
+        """While the model is busy with other requests, decide this question ahead on another
+        thread (``EditedModel.warm``): its vectors and check scores are cached, so its turn on
+        the model runs no encoder. Not when the model is free (the answer starts at once) or
+        the namespace has no EditedModel yet (made on the worker); a failure only loses the
+        head start."""
         edited = self._edited.get((namespace, router))
         if not self.warm_ahead or edited is None or not self.worker.busy:
             return
@@ -125,7 +126,7 @@ class _Service:
             try:
                 edited.warm(question)
             except Exception:  # the answer computes what is missing itself
-                log.warning("warming a question failed; its answer embeds it itself", exc_info=True)
+                log.warning("deciding a question ahead failed; its turn decides it", exc_info=True)
 
         asyncio.get_running_loop().run_in_executor(None, warm)
 

@@ -56,8 +56,9 @@ class EditedModel:
         return self.router.answer(question, history)
 
     def warm(self, question: str) -> None:
-        """Compute, from any thread, what answering ``question`` will embed (the router's
-        ``warm``): a server calls it while the question waits for the model."""
+        """Decide ``question`` ahead, from any thread, so that answering it later finds its
+        vectors and check scores cached (the router's ``warm``): a server calls it while the
+        question waits for the model."""
         self.router.warm(question)
 
     def stream(self, question: str, history: Sequence[dict[str, str]] = ()):

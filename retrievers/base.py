@@ -139,10 +139,10 @@ class Router:
         self.stop = tuple(stop)
 
     def warm(self, question: str) -> None:
-        """Compute, from any thread, what the decision on ``question`` will embed, so that it is
-        ready when the question's turn on the model comes (see ``ScopeDetector.warm``). Only the
-        routers that decide the question as asked (SERAC, IKE) have anything to warm; the
-        multi-hop ones start with the model."""
+        """Decide ``question`` ahead, from any thread, so that its vectors and check scores are
+        cached when its turn on the model comes (``ScopeDetector.warm``). Only the routers that
+        decide the question as asked (SERAC, IKE) have anything to warm; the multi-hop ones
+        start with the model."""
         if self.decides_question:
             self.detector.warm(question)
 
