@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from typing import Any, Literal
 
@@ -30,10 +31,11 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from memedit.edit import Edit
-from memedit.edited_model import PROMPT_ROUTERS, ROUTERS, EditedModel
+from memedit.edited_model import PROMPT_ROUTERS, ROUTERS, EditedModel, router_class
 from memedit.errors import ConflictError, EditError, EditNotFound, MemeditError
 from memedit.keys import KeyRing
 from memedit.memory import Memory
+from memedit.retrievers.detector import EditScope, ScopeDetector
 from memedit.store import STATUSES
 
 from .openai_wire import DONE, ApiError, ChatRequest, chunk, completion, completion_id, error_body, event, models_list
@@ -95,11 +97,24 @@ class _Service:
         self.worker = ModelWorker(model)
         self._views: dict[str, Memory] = {}
         self._edited: dict[tuple[str, str], EditedModel] = {}
+        self._ahead: dict[str, ScopeDetector] = {}  # per namespace, for deciding questions ahead (warm)
+        self._scope: EditScope | None = None
+        self._made = threading.RLock()  # views, detectors and the classifier are made once, from any thread
 
     def view(self, namespace: str) -> Memory:
-        if namespace not in self._views:
-            self._views[namespace] = self.memory.with_namespace(namespace)
-        return self._views[namespace]
+        with self._made:
+            if namespace not in self._views:
+                self._views[namespace] = self.memory.with_namespace(namespace)
+            return self._views[namespace]
+
+    def scope(self) -> EditScope:
+        """The edit classifier that every namespace's SERAC and IKE share, with the detectors
+        that decide ahead: its caches hold only what texts give (vectors, check scores), so a
+        question decided ahead finds them whichever detector decides it on its turn."""
+        with self._made:
+            if self._scope is None:
+                self._scope = EditScope(self.memory.embedder)
+            return self._scope
 
     def edited(self, namespace: str, router: str) -> EditedModel:
         """The namespace's EditedModel for ``router`` (made on first use; call on the worker)."""
@@ -108,27 +123,34 @@ class _Service:
             raise ConflictError(f"this server's model carries the consolidated edits of another namespace; it cannot answer "
                                 f"namespace {namespace!r} (serve that namespace from its own server)")
         if (namespace, router) not in self._edited:
+            shared = {"scope": self.scope()} if router_class(router).decides_question else {}
             self._edited[namespace, router] = EditedModel(self.model, self.view(namespace), router=router, stop=(),
-                                                          max_new_tokens=self.max_tokens)
+                                                          max_new_tokens=self.max_tokens, **shared)
         return self._edited[namespace, router]
 
     def warm(self, namespace: str, router: str, question: str) -> None:
         """While the model is busy with other requests, decide this question ahead on another
-        thread (``EditedModel.warm``): its vectors and check scores are cached, so its turn on
-        the model runs no encoder. Not when the model is free (the answer starts at once) or
-        the namespace has no EditedModel yet (made on the worker); a failure only loses the
-        head start."""
-        edited = self._edited.get((namespace, router))
-        if not self.warm_ahead or edited is None or not self.worker.busy:
+        thread (``ScopeDetector.warm``, with the namespace's own detector over the shared
+        classifier): its vectors and check scores are cached, so its turn on the model runs no
+        encoder. Only for the routers whose first step is that decision (SERAC, IKE); not when
+        the model is free (the answer starts at once); a failure only loses the head start."""
+        if not (self.warm_ahead and self.worker.busy and router_class(router).decides_question):
             return
 
         def warm() -> None:
             try:
-                edited.warm(question)
+                self.ahead(namespace).warm(question)
             except Exception:  # the answer computes what is missing itself
                 log.warning("deciding a question ahead failed; its turn decides it", exc_info=True)
 
         asyncio.get_running_loop().run_in_executor(None, warm)
+
+    def ahead(self, namespace: str) -> ScopeDetector:
+        """The namespace's detector for deciding questions ahead (the routers' k, the shared classifier)."""
+        with self._made:
+            if namespace not in self._ahead:
+                self._ahead[namespace] = ScopeDetector(self.view(namespace), self.scope())
+            return self._ahead[namespace]
 
     def prepared(self, body: ChatRequest) -> tuple[str, int, tuple[str, ...]]:
         """Check a chat request: the model, the router and the budget."""

@@ -19,12 +19,17 @@ ROUTERS = tuple(ROUTER_CLASSES)
 PROMPT_ROUTERS = ("ike", "serac", "mello", "pokemqa", "graph")
 
 
-def make_router(name: str, model: LanguageModel, memory: Memory, **options: Any):
-    """The router called ``name`` over ``model`` and ``memory``."""
+def router_class(name: str) -> type:
+    """The router class called ``name``."""
     if name not in ROUTER_CLASSES:
         raise ValueError(f"unknown router {name!r}; choose one of: {', '.join(ROUTERS)}")
     module, cls = ROUTER_CLASSES[name]
-    return getattr(importlib.import_module(f"memedit.retrievers.{module}"), cls)(model, memory, **options)
+    return getattr(importlib.import_module(f"memedit.retrievers.{module}"), cls)
+
+
+def make_router(name: str, model: LanguageModel, memory: Memory, **options: Any):
+    """The router called ``name`` over ``model`` and ``memory``."""
+    return router_class(name)(model, memory, **options)
 
 
 def _carry_consolidated(model: Any, memory: Memory) -> None:
@@ -54,12 +59,6 @@ class EditedModel:
         """Answer ``question`` with the edits that apply: an ``Answer(text, edits_used, route, trace)``.
         ``history`` is the conversation so far, as role/content dicts."""
         return self.router.answer(question, history)
-
-    def warm(self, question: str) -> None:
-        """Decide ``question`` ahead, from any thread, so that answering it later finds its
-        vectors and check scores cached (the router's ``warm``): a server calls it while the
-        question waits for the model."""
-        self.router.warm(question)
 
     def stream(self, question: str, history: Sequence[dict[str, str]] = ()):
         """``ask``, as text pieces while the model writes: iterate the returned stream; its

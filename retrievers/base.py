@@ -123,7 +123,9 @@ class Router:
     """
 
     name = "router"
-    decides_question = False  # True where the first step is the detector's decision on the question as asked
+    # True where the first step is the detector's decision on the question as asked, with a
+    # ``scope`` option (SERAC, IKE): a server can decide such a question ahead (memedit serve).
+    decides_question = False
 
     def __init__(self, model: LanguageModel, memory: Memory, k: int = 3, refusal: str = DEFAULT_REFUSAL,
                  max_new_tokens: int = 24, system: str = ANSWER_SYSTEM, stop: Sequence[str] = ("\n",)) -> None:
@@ -137,14 +139,6 @@ class Router:
         self.max_new_tokens = max_new_tokens
         self.system = system
         self.stop = tuple(stop)
-
-    def warm(self, question: str) -> None:
-        """Decide ``question`` ahead, from any thread, so that its vectors and check scores are
-        cached when its turn on the model comes (``ScopeDetector.warm``). Only the routers that
-        decide the question as asked (SERAC, IKE) have anything to warm; the multi-hop ones
-        start with the model."""
-        if self.decides_question:
-            self.detector.warm(question)
 
     def decide(self, question: str, trace: list[dict[str, Any]], vector=None) -> "Decision":
         """The scope detector's decision for ``question`` (``self.detector``), with its

@@ -324,44 +324,46 @@ async def test_a_question_waiting_for_the_model_is_decided_off_the_model_s_threa
     memory = Memory(str(tmp_path / "warm.db"), embedder=embedder)
     fact = memory.with_namespace("warm").add(**FRANCE)
     service = create_app(memory, lm, max_tokens=4).state.service
-    edited = service.edited("warm", "serac")
     encoded: list[tuple[str, str]] = []  # (text, thread) of every text the embedder is given
     encode = embedder.encode
     monkeypatch.setattr(embedder, "encode", lambda texts, *a, **k: encoded.extend(
         (t, threading.current_thread().name) for t in texts) or encode(texts, *a, **k))
-    try:
-        service.warm("warm", "serac", "What is the capital of France these days?")  # the model is free: nothing done ahead
-        await asyncio.sleep(0.3)
-        assert encoded == []
+    ahead = service.ahead("warm")
+    warmed, warm = threading.Event(), ahead.warm
+    monkeypatch.setattr(ahead, "warm", lambda q: (warm(q), warmed.set()))
+
+    async def held(service, *calls, ahead=False):
+        """Make the calls while another request holds the model, then let it go (after the
+        question was decided ahead, or half a second)."""
         release = threading.Event()
-        blocking = asyncio.ensure_future(service.worker.run(release.wait))  # another request holds the model
+        blocking = asyncio.ensure_future(service.worker.run(release.wait))
         await asyncio.sleep(0.05)
-        question = "Which city is the capital of France now?"
-        warmed, warm = threading.Event(), edited.warm
-        monkeypatch.setattr(edited, "warm", lambda q: (warm(q), warmed.set()))
-        service.warm("warm", "serac", question)
-        for _ in range(400):
+        assert service.worker.busy
+        for router, question in calls:
+            service.warm("warm", router, question)
+        for _ in range(100 if ahead else 10):
             if warmed.is_set():
                 break
             await asyncio.sleep(0.05)
-        assert [thread for text, thread in encoded if text == question] and not any(
-            thread.startswith("memedit-model") for _, thread in encoded)
         release.set()
         await blocking
+
+    try:
+        service.warm("warm", "serac", "What is the capital of France these days?")  # the model is free: nothing ahead
+        await held(service, ("mello", "What is the capital of France today?"))  # a multi-hop router starts with the model
+        assert encoded == [] and not warmed.is_set()
+        question = "Which city is the capital of France now?"  # the namespace's first question: no EditedModel yet
+        await held(service, ("serac", question), ahead=True)
+        assert warmed.is_set() and [thread for text, thread in encoded if text == question]
+        assert not any(thread.startswith("memedit-model") for _, thread in encoded)
         encoded.clear()
-        answer, _ = await service.worker.run(lambda: edited.ask(question))
+        answer, _ = await service.worker.run(lambda: service.edited("warm", "serac").ask(question))
         assert encoded == [] and [e.id for e in answer.edits_used] == [fact.id]  # its turn ran no encoder
         assert not service.worker.busy
         # memedit serve --no-warm: a waiting question is left for its turn
         cold = create_app(memory, lm, max_tokens=4, warm=False).state.service
-        cold.edited("warm", "serac")
-        release = threading.Event()
-        blocking = asyncio.ensure_future(cold.worker.run(release.wait))
-        await asyncio.sleep(0.05)
-        cold.warm("warm", "serac", "Is Lyon the capital of France today?")
-        await asyncio.sleep(0.5)
-        release.set()
-        await blocking
+        warmed.clear()
+        await held(cold, ("serac", "Is Lyon the capital of France today?"))
         cold.worker.close()
         assert encoded == []
     finally:
