@@ -13,6 +13,9 @@ a request never reaches another namespace. Routes:
   ``DELETE /v1/edits/{id}`` (retract), ``GET /v1/edits/{id}/history``, ``GET /v1/history``.
 - ``POST /v1/edits:consolidate``: only when the model is local (else 501).
 
+Answers run one at a time on the model's worker (:mod:`.worker`); a question that must wait
+for it is decided ahead on another thread (``_Service.warm``), so its turn reads caches.
+
 Install with ``pip install "memedit[serve]"``.
 """
 
