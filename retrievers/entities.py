@@ -209,16 +209,12 @@ def _inside_other_name(question: str, mention: Mention, name: str, wanted: tuple
     if any(w[:1].isupper() and _name_token(fold(w), wanted) is None and fold(w) not in _TITLES for w in neighbours):
         return True
     modifier = fold(before[-1]) if before else None
-    return (name == name.lower() and modifier is not None and modifier not in _COMMON_WORDS
+    return (name == name.lower() and modifier is not None and modifier not in FUNCTION_WORDS
             and _name_token(modifier, wanted) is None)
 
 
 _TITLES = frozenset("dr mr mrs ms miss prof professor sir dame lady lord".split())
 _JOINING = frozenset("of the de du des la le von van der den del da di and".split())
-# Words that may stand before a common-noun name without changing it ("the", "which", "is" in
-# "Which sport is shooting guard associated with?").
-_COMMON_WORDS = frozenset("""a an and at by for from in of on or the to with is was are were be been being what who whom whose
-which where when why how does did do has have had it its this that these those my your our their his her about as""".split())
 
 
 def _partial(found: Sequence[tuple[str, int, int]], wanted: tuple[str, ...]) -> Mention | None:
