@@ -279,13 +279,10 @@ async def fuzz(url: str, keys: dict[str, str], ids: dict[str, list[str]], count:
 
 def baseline_alone(tmp: str, args: argparse.Namespace) -> None:
     """Part 0 again on a second server (its own database) whose embedder multiplies in float32."""
-    db, log, port = str(Path(tmp) / "baseline.db"), Path(tmp) / "baseline.log", free_port()
-    ring = KeyRing(db)
-    key = ring.create("client-00")[0]
-    ring.close()
-    process = start_server(db, port, args.max_tokens, log, precision="float32")
+    (db, keys), port = keyed_server(tmp, "baseline", 1), free_port()
+    process = start_server(db, port, args.max_tokens, Path(tmp) / "baseline.log", precision="float32")
     try:
-        base = asyncio.run(alone(f"http://127.0.0.1:{port}", key, "client-00", args.quiet, args.max_tokens))
+        base = asyncio.run(alone(f"http://127.0.0.1:{port}", keys["client-00"], "client-00", args.quiet, args.max_tokens))
     finally:
         stop_server(process)
     print(f"   baseline, the same part on a server whose embedder multiplies in float32 (MEMEDIT_EMBED_PRECISION="
