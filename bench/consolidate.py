@@ -20,16 +20,17 @@ Figures printed (and written to JSON):
   target token accuracy of the chat form; and the 20-prompt unrelated locality sample
   (raw and chat), the share of greedy tokens kept.
 
-With ``--baseline`` each method also runs as before the chat form existed (values and
-keys from the cloze prompts only, ``chat_form=False``), in the same process, so the two
-stand side by side.
+With ``--baseline NAME=VALUE ...`` each method also runs with those settings, in the same
+process, so the two stand side by side: ``--baseline retries=0`` is MEMIT without its retry
+round; ``--baseline`` alone is as before the chat form existed (values and keys from the
+cloze prompts only, ``chat_form=false``).
 
 Every run goes through ``Memory.consolidate`` with verification on and the locality bound
 off (``max_locality_loss=1``), so every batch is kept and measured whole; the report's
 count of verified edits is printed beside it. After each run the batch is reverted, which
 restores the base weights bit for bit (checked), so runs do not see each other's edits.
 
-    .venv/bin/python bench/consolidate.py --model smollm2-135m --rome 10 --memit 10 100 --baseline
+    .venv/bin/python bench/consolidate.py --model smollm2-135m --rome 10 --memit 10 100 --baseline retries=0
     .venv/bin/python bench/consolidate.py --model qwen2.5-1.5b --rome 3 --memit 10 --stats-tokens 10000
 """
 
@@ -60,7 +61,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="editor settings for every run, e.g. steps=40 kl_factor=0.5 (see param_editors.settings)")
     p.add_argument("--stats-tokens", type=int, help="corpus tokens behind the key statistics (default: the editors')")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--baseline", action="store_true", help="also run each method with chat_form=False (cloze prompts only)")
+    p.add_argument("--baseline", nargs="*", metavar="NAME=VALUE",
+                   help="also run each method with these settings, as the baseline in the same run (e.g. retries=0; "
+                        "alone: chat_form=false, the cloze prompts only)")
     p.add_argument("--fresh-stats", action="store_true",
                    help="compute the key statistics into a temporary folder (timed), not the shared cache")
     p.add_argument("--out", help="JSON file (default bench/results/consolidate-<model>.json)")
@@ -146,30 +149,32 @@ def _setting(item: str) -> tuple[str, bool | float | int]:
         number = float(value)
     except ValueError:
         raise SystemExit(f"--set {name} takes a number, got {value!r}") from None
-    return name, int(number) if number.is_integer() and name in ("steps",) else number
+    return name, int(number) if number.is_integer() and name in ("steps", "retries") else number
 
 
-def run(lm, cases, method: str, stats_root: Path | None, stats_tokens: int | None, workdir: Path, chat_form: bool = True,
-        overrides: dict | None = None) -> dict:
+def run(lm, cases, method: str, stats_root: Path | None, stats_tokens: int | None, workdir: Path,
+        overrides: dict, baseline: dict | None = None) -> dict:
+    """One consolidation of ``cases`` with ``overrides`` (and ``baseline``'s settings over them), measured and reverted."""
     from memedit.param_editors.deltas import tensor_sha256
 
     from memedit import Memory
 
     base = {n: tensor_sha256(p) for n, p in lm.model.named_parameters() if n.endswith("down_proj.weight")}
     before = predictions(lm, cases)
-    with Memory(workdir / f"{method}-{len(cases)}-{chat_form}.db") as memory:
+    settings = {**overrides, **(baseline or {})}
+    with Memory(workdir / f"{method}-{len(cases)}-{'baseline' if baseline is not None else 'default'}.db") as memory:
         edits = memory.add_many([c.edit for c in cases])
         chat_before = forms_reliability(lm, edits)
         with PeakMemory() as peak:
             report = memory.consolidate(lm, method=method, max_locality_loss=1.0, stats_root=stats_root,
-                                        stats_tokens=stats_tokens, progress=True, chat_form=chat_form, **(overrides or {}))
+                                        stats_tokens=stats_tokens, progress=True, **settings)
         scores = quality(lm, cases, before)
         scores.update(forms_reliability(lm, edits))
         scores["chat_whole_before"] = chat_before["chat_whole"]
         if report.committed:
             memory.revert(report.batch, lm)
         restored = base == {n: tensor_sha256(p) for n, p in lm.model.named_parameters() if n.endswith("down_proj.weight")}
-    return {"method": method, "chat_form": chat_form, "edits": len(cases), "layers": list(report.layers),
+    return {"method": method, "baseline": baseline, "edits": len(cases), "layers": list(report.layers),
             "seconds_edit": report.seconds["edit"],
             "seconds_per_edit": report.seconds["edit"] / len(cases), "verified": len(report.consolidated),
             "locality_sample": report.locality, "peak_rss_gb": peak.peak / 2**30, "restored_bit_for_bit": restored,
@@ -190,6 +195,7 @@ def main(argv=None) -> int:
     sizes = [args.rome] + list(args.memit)
     cases = load_knowedit(args.data, limit=args.offset + max(sizes), dataset="wiki_counterfact")[args.offset:]
     overrides = dict(_setting(item) for item in args.set)
+    baseline = None if args.baseline is None else (dict(_setting(item) for item in args.baseline) or {"chat_form": False})
     results: dict = {"model": args.model, "threads": args.threads, "offset": args.offset, "settings": overrides, "runs": []}
     with tempfile.TemporaryDirectory(prefix="memedit-bench-") as tmp:
         tmp = Path(tmp)
@@ -207,8 +213,8 @@ def main(argv=None) -> int:
               flush=True)
         plan = ([("rome", args.rome)] if args.rome else []) + [("memit", n) for n in args.memit]
         for method, n in plan:
-            for chat_form in (True, False) if args.baseline else (True,):
-                row = run(lm, cases[:n], method, stats_root, args.stats_tokens, tmp, chat_form, overrides)
+            for variant in [None] + ([baseline] if baseline is not None else []):
+                row = run(lm, cases[:n], method, stats_root, args.stats_tokens, tmp, overrides, variant)
                 results["runs"].append(row)
                 print(json.dumps(row), flush=True)
 
@@ -217,13 +223,13 @@ def main(argv=None) -> int:
           "reliability, generality, same-subject locality, portability); 'whole': % of edits whose form gives the whole "
           "target greedily; chat before: the unedited model; locality sample: % of 20 unrelated prompts' greedy tokens "
           "kept, raw and chat")
-    print("| method | trained on | edits | s/edit | verified | peak RSS | cloze whole | chat whole (before) | chat tokens "
+    print("| method | run | edits | s/edit | verified | peak RSS | cloze whole | chat whole (before) | chat tokens "
           "| reliability | generality | locality | portability | locality sample |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     fmt = lambda v: "–" if v is None else f"{v:.1f}"
     for r in results["runs"]:
-        trained = "cloze + chat" if r["chat_form"] else "cloze only"
-        print(f"| {r['method'].upper()} | {trained} | {r['edits']} | {r['seconds_per_edit']:.1f} | {r['verified']} | "
+        label = "default" if r["baseline"] is None else "baseline " + " ".join(f"{k}={v}" for k, v in r["baseline"].items())
+        print(f"| {r['method'].upper()} | {label} | {r['edits']} | {r['seconds_per_edit']:.1f} | {r['verified']} | "
               f"{r['peak_rss_gb']:.1f} GB | {fmt(r['cloze_whole'])} | {fmt(r['chat_whole'])} ({fmt(r['chat_whole_before'])}) | "
               f"{fmt(r['chat_tokens'])} | {fmt(r['reliability'])} | {fmt(r['generality'])} | {fmt(r['locality'])} | "
               f"{fmt(r['portability'])} | {fmt(100 * r['locality_sample'])} |")

@@ -23,6 +23,8 @@ def add_consolidate_parser(commands, common: argparse.ArgumentParser) -> None:
                      help="roll the batch back if more than this share of locality tokens change (default 0.1)")
     sub.add_argument("--layers", type=int, nargs="+", help="blocks to edit (default: the model family's)")
     sub.add_argument("--stats-tokens", type=int, help="corpus tokens behind the key statistics (default 40000)")
+    sub.add_argument("--retries", type=int, metavar="N",
+                     help="MEMIT: rounds that retrain the edits the batch missed, on the edited weights (default 1; 0: none)")
     sub.add_argument("--auto", action="store_true",
                      help="let a policy choose the edits: --older-than, --beyond and/or --batch-size (at least one)")
     sub.add_argument("--older-than", metavar="AGE", help="with --auto: edits created longer ago than AGE (7d, 12h, 30m, 90s)")
@@ -65,7 +67,7 @@ def cmd_consolidate(memory, args: argparse.Namespace) -> int:
         report = memory.consolidate(
             model, method=args.method, edits=edits, verify=not args.no_verify, progress=not args.json,
             max_locality_loss=MAX_LOCALITY_LOSS if args.max_locality_loss is None else args.max_locality_loss,
-            layers=args.layers, stats_tokens=args.stats_tokens)
+            layers=args.layers, stats_tokens=args.stats_tokens, retries=args.retries)
     if args.json:
         print(json.dumps(report.to_dict(), ensure_ascii=False))
     else:

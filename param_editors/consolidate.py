@@ -31,7 +31,7 @@ from .memit import apply_memit
 from .rome import apply_rome
 from .settings import EditorSettings, default_settings
 from .stats import key_covariance
-from .tracing import Request, chat_prompt, encode, pad
+from .tracing import Request, chat_prompt, encode, pad, reliability
 
 MAX_LOCALITY_LOSS = 0.1
 LOCALITY_TOKENS = 5
@@ -114,13 +114,6 @@ def unusable(edit: StoredEdit) -> str | None:
     if edit.kind == "erase" or not edit.target:
         return "erase edit: there is no target to write into the weights; it stays on the retrieval path"
     return None
-
-
-def reliability(lm: LanguageModel, request: Request) -> tuple[float, float]:
-    """Shares of the target's tokens that are the greedy choice (cloze, chat): after the cloze
-    prompt, and at the start of the reply when the prompt is asked as a chat question."""
-    cloze, chat = lm.score_many([(request.text, request.continuation), (chat_prompt(lm, request.text), request.target)])
-    return cloze.token_accuracy, chat.token_accuracy
 
 
 def failed_forms(cloze: float, chat: float) -> str:

@@ -128,6 +128,13 @@ def forms(lm: LanguageModel, request: Request, contexts: Sequence[str] = CONTEXT
     return out
 
 
+def reliability(lm: LanguageModel, request: Request) -> tuple[float, float]:
+    """Shares of the target's tokens that are the greedy choice (cloze, chat): after the cloze
+    prompt, and at the start of the reply when the prompt is asked as a chat question."""
+    cloze, chat = lm.score_many([(request.text, request.continuation), (chat_prompt(lm, request.text), request.target)])
+    return cloze.token_accuracy, chat.token_accuracy
+
+
 def essence_tokens(lm: LanguageModel, request: Request) -> tuple[list[int], int]:
     """(ids of ``"<subject> is a"``, index of the subject's last token)."""
     essence = Request(request.edit_id, ESSENCE, request.subject, request.target)

@@ -154,11 +154,14 @@ def test_a_drafted_value_meets_the_stop_loss_measured_in_float32(lm, monkeypatch
 
 @pytest.mark.parametrize("name, value", [("bfloat16_draft", "false"), ("chat_form", 1), ("other_facts", "yes"),
                                          ("steps", 0), ("steps", 2.5), ("lr", 0.0), ("kl_factor", -1.0),
-                                         ("clamp_norm", float("nan")), ("stop_loss", "0.1")])
+                                         ("clamp_norm", float("nan")), ("stop_loss", "0.1"), ("retries", -1),
+                                         ("retries", 1.5)])
 def test_a_bad_value_setting_is_refused_with_its_name(lm, name, value):
     from memedit.errors import ArgumentError
-    from memedit.param_editors.settings import default_settings
+    from memedit.param_editors.settings import EditorSettings, default_settings
 
-    default_settings(lm, "rome", **{name: getattr(values.ValueSettings(), name)})  # the field's default passes
+    default = getattr(values.ValueSettings(), name) if name in values.ValueSettings.__dataclass_fields__ else getattr(
+        EditorSettings("memit", (0,)), name)
+    default_settings(lm, "rome", **{name: default})  # the field's default passes
     with pytest.raises(ArgumentError, match=f"^{name} must"):
         default_settings(lm, "rome", **{name: value})
