@@ -174,7 +174,7 @@ def consolidate(memory, model: LanguageModel, method: str = "memit", edits: Iter
                 stats_root: str | Path | None = None, **settings: Any) -> ConsolidationReport:
     """Write ``memory``'s active triple edits (or the given ``edits``) into ``model`` with
     ``method`` ("memit" or "rome"); see the module docstring. ``settings`` override the
-    family defaults (``layers``, ``stats_tokens``, ``mom2_weight``, ``steps``, ``lr``, ...);
+    family defaults (``layers``, ``stats_tokens``, ``mom2_weight``, ``retries``, ``steps``, ``lr``, ...);
     ``stats_root`` is where key statistics are cached (default ``<cache>/stats``)."""
     if not 0 <= max_locality_loss <= 1:
         raise ValueError(f"max_locality_loss must be from 0 to 1 (a share of locality tokens), got {max_locality_loss!r}")
