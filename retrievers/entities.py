@@ -268,6 +268,38 @@ def mask_prompt(prompt: str, placeholder: str = PLACEHOLDER) -> str:
     return prompt.replace("{}", placeholder, 1)
 
 
+# Capitalised words that start a sentence or name a date, never an entity of their own.
+_NOT_NAMES = frozenset(
+    "a an the in on at by for from to this that these those our my your its his her their every each since after "
+    "before during as if when while it i there here monday tuesday wednesday thursday friday saturday sunday "
+    "january february march april may june july august september october november december".split())
+_NAME_RUN = re.compile(r"[^\W\d_][\w'’-]*(?:\s+(?:(?:of|the|de|du|la|le|von|van|der|and)\s+)*[^\W\d_][\w'’-]*)*")
+
+
+@lru_cache(maxsize=8192)
+def statement_names(statement: str) -> tuple[str, ...]:
+    """The names a free-text statement mentions: its runs of capitalised words (joined by
+    "of", "the" and the like), less the words that only start a sentence or name a day or
+    month ("The Pellory Island ferry does not run on Sundays." names "Pellory Island")."""
+    names = []
+    for run in _NAME_RUN.finditer(statement):
+        words = [w for w in run.group().split()]
+        capital = [w[:1].isupper() for w in words]
+        # split the run at lower-case words that are not joining words: "Island ferry" ends the name at "Island"
+        start = 0
+        for i in range(len(words) + 1):
+            if i == len(words) or (not capital[i] and fold(words[i]) not in _JOINING):
+                name = words[start:i]
+                while name and (fold(name[0].rstrip("'’s")) in _NOT_NAMES or not name[0][:1].isupper()):
+                    name = name[1:]
+                while name and (fold(name[-1]) in _NOT_NAMES or fold(name[-1]).rstrip("s") in _NOT_NAMES or not name[-1][:1].isupper()):
+                    name = name[:-1]
+                if name:
+                    names.append(" ".join(name))
+                start = i + 1
+    return tuple(dict.fromkeys(names))
+
+
 def mentions_text(question: str, text: str) -> bool:
     """Whether ``text`` (an edit's target, say) occurs in ``question`` as whole folded tokens."""
     wanted = name_tokens(text)

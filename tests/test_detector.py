@@ -12,8 +12,9 @@ import pytest
 
 from memedit.errors import ArgumentError, ModelPackageError
 from memedit.eval.scope_eval import evaluate_scope, load_scope_questions
-from memedit.retrievers.detector import HEAD_DIR, EditScope, NameIndex, ScopeDetector, load_head
-from memedit.retrievers.entities import answer_clash, find_mention, mask, name_likeness, relation_clash, relation_words, stem
+from memedit.retrievers.detector import FREE_TEXT_COSINE, HEAD_DIR, NAMED_FREE_TEXT_COSINE, EditScope, NameIndex, ScopeDetector, load_head
+from memedit.retrievers.entities import (answer_clash, find_mention, mask, name_likeness, relation_clash, relation_words, stem,
+                                        statement_names)
 from memedit.retrievers.relations import WH_WORDS, RelationBank, bank_texts, relation_groups, wh_word
 
 NATURAL = Path(__file__).parent / "data" / "natural_scope.jsonl"
@@ -481,6 +482,33 @@ def test_a_free_text_edit_is_judged_on_its_statement(open_memory, db_path, scope
         assert decision.best is not None and decision.best.id == fact.id
         assert decision.verdicts[0].reason["entity"] == "free text"
     assert detector.decide("How many legs does a spider have?").best is None
+
+
+def test_a_free_text_edit_whose_entity_is_named_is_judged_on_what_is_asked_of_it(open_memory, db_path, scope):
+    memory = open_memory(db_path)
+    fact = memory.add(statement="The Brackenhurst Library is closed on Tuesdays.")
+    memory.add(statement="Alice's manager is Bob.")
+    detector = ScopeDetector(memory, scope)
+    # the shared name no longer decides: the question and the statement, the name masked in both
+    asked = detector.decide("can i go to the brackenhurst libary on a tuesday")
+    top = asked.verdicts[0]
+    assert top.edit.id == fact.id and asked.best is not None and asked.best.id == fact.id
+    assert top.reason["mention"] == "brackenhurst libary" and top.reason["masked_cosine"] >= NAMED_FREE_TEXT_COSINE
+    assert top.reason["cosine"] < FREE_TEXT_COSINE  # the statement's own cosine would have missed it
+    for other in ("How many books does the Brackenhurst Library hold?", "Who founded the Brackenhurst Library?"):
+        decision = detector.decide(other)
+        assert decision.best is None and decision.verdicts[0].reason["masked_cosine"] < NAMED_FREE_TEXT_COSINE
+
+
+@pytest.mark.parametrize("statement, names", [
+    ("The Pellory Island ferry does not run on Sundays.", ("Pellory Island",)),
+    ("In Cranholme, the number 12 bus no longer stops at the hospital.", ("Cranholme",)),
+    ("The outdoor pool at Marrowick Park is open from June to August.", ("Marrowick Park",)),
+    ("The Bank of England meets on the first Thursday.", ("Bank of England",)),
+    ("I prefer tea to coffee.", ()),
+])
+def test_a_free_text_statement_s_names_leave_out_sentence_starts_days_and_months(statement, names):
+    assert statement_names(statement) == names
 
 
 class Recording:

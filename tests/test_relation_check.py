@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from memedit.errors import ModelPackageError
-from memedit.retrievers.detector import CHECK_WEIGHT, HEAD_DIR, EditScope, load_check, mask_subject, mention_of
+from memedit.retrievers.detector import CHECK_WEIGHT, HEAD_DIR, HEAD_LOGIT_LIMIT, EditScope, load_check, mask_subject, mention_of
 from memedit.retrievers.entities import mask
 from memedit.retrievers.relation_check import CHECK_FILE, CHECK_META, RANK, RelationCheck
 from memedit.retrievers.scope_training import AdaptedMiniLM
@@ -99,10 +99,11 @@ def test_the_check_moves_the_head_s_score_of_a_named_pair_its_own_way(embedder):
             p = float(shipped.check.scores([(mask(question, mention_of(question, edit)), mask_subject(edit))])[0])
             assert with_check.reason["relation_check"] == pytest.approx(p, abs=1e-4)
             h = np.clip(head_only.score, 1e-12, 1 - 1e-12)
-            expected = (np.log(h / (1 - h))
-                        + CHECK_WEIGHT * (np.log(p / (1 - p)) - np.log(shipped.check.threshold / (1 - shipped.check.threshold))))
+            head = np.clip(np.log(h / (1 - h)), -HEAD_LOGIT_LIMIT, HEAD_LOGIT_LIMIT)  # the head, held within the limit
+            expected = head + CHECK_WEIGHT * (np.log(p / (1 - p)) - np.log(shipped.check.threshold / (1 - shipped.check.threshold)))
             assert with_check.score == pytest.approx(1 / (1 + np.exp(-expected)), abs=1e-6)
-            assert (with_check.score > head_only.score) == (p > shipped.check.threshold) or with_check.score in (0.0, 1.0)
+            assert (with_check.score > 1 / (1 + np.exp(-head))) == (p > shipped.check.threshold) or with_check.score in (0.0, 1.0)
     decided = [shipped.judge(q, edits[:2]) for q in ("Who employs Marisol Quenby?", "Where was Marisol Quenby born?")]
     assert decided[0][0].in_scope and not decided[0][1].in_scope
     assert decided[1][1].in_scope and not decided[1][0].in_scope
+
