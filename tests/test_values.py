@@ -165,3 +165,21 @@ def test_a_bad_value_setting_is_refused_with_its_name(lm, name, value):
     default_settings(lm, "rome", **{name: default})  # the field's default passes
     with pytest.raises(ArgumentError, match=f"^{name} must"):
         default_settings(lm, "rome", **{name: value})
+
+
+def test_a_family_s_own_rome_kl_weight_is_its_default_and_a_caller_s_value_wins(lm):
+    from types import SimpleNamespace
+
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from memedit.param_editors.settings import FAMILY_DEFAULTS, default_settings
+
+    tiny = Qwen2ForCausalLM(Qwen2Config(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=10,
+                                        num_attention_heads=2, num_key_value_heads=1))
+    qwen = SimpleNamespace(model=tiny)  # default_settings reads only the config and the blocks
+    own = FAMILY_DEFAULTS["qwen2"]["rome_kl_factor"]
+    assert own != values.ValueSettings.kl_factor
+    assert default_settings(qwen, "rome").value.kl_factor == own
+    assert default_settings(qwen, "memit").value.kl_factor == values.ValueSettings.kl_factor  # measured for ROME only
+    assert default_settings(qwen, "rome", kl_factor=0.25).value.kl_factor == 0.25
+    assert default_settings(lm, "rome").value.kl_factor == values.ValueSettings.kl_factor  # SmolLM2 (llama) keeps its own
