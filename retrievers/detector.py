@@ -319,7 +319,8 @@ class EditScope:
 
     def _check(self, scores: np.ndarray, reasons: list[dict[str, Any]]) -> None:
         """Move the head's scores of the pairs whose question names the subject (the head judges
-        those) by the relation check's, unless a rule already ruled the edit out."""
+        those) by the relation check's, unless a rule already ruled the edit out or the edit
+        has no target (an erase, whose statement the check was never trained on)."""
         pairs = {i: reason["_pair"] for i, reason in enumerate(reasons) if "_pair" in reason and not _ruled_out(reason)}
         for reason in reasons:
             reason.pop("_pair", None)
@@ -376,7 +377,8 @@ class EditScope:
                 reason["_masked_cosine"] = scalars["relation"]  # judge removes it
             elif mention:
                 reason["mention"] = question[mention.start:mention.end]
-                reason["_pair"] = (asked_text, texts[1 + 4 * len(edits) + i])  # what the relation check reads (judge removes it)
+                if edit.target is not None:  # an erase states no target: the check never saw one, the head judges it alone
+                    reason["_pair"] = (asked_text, texts[1 + 4 * len(edits) + i])  # what the relation check reads (judge removes it)
                 sibling = relation_clash(asked_text, edit.prompt)
                 if sibling:
                     reason["relation_clash"] = f"the question asks for the {sibling[0]}; the edit states the {sibling[1]}"

@@ -107,3 +107,14 @@ def test_the_check_moves_the_head_s_score_of_a_named_pair_its_own_way(embedder):
     assert decided[0][0].in_scope and not decided[0][1].in_scope
     assert decided[1][1].in_scope and not decided[1][0].in_scope
 
+
+
+def test_an_erase_is_judged_by_the_head_alone_the_check_never_saw_one(embedder):
+    from memedit import Edit
+
+    scope = EditScope(embedder)
+    erase = Edit(subject="Alice", prompt="{}'s manager is", kind="erase")
+    verdict = scope.judge("Who is Alice's manager?", [erase])[0]
+    assert verdict.in_scope and "relation_check" not in verdict.reason and verdict.reason["mention"] == "Alice"
+    alone = EditScope(embedder, head=scope.head, meta=scope.meta).judge("Who is Alice's manager?", [erase])[0]
+    assert verdict.score == alone.score  # the head's own score, not moved by the check
