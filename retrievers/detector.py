@@ -371,12 +371,12 @@ class EditScope:
                                       "relation_score": round(scalars["relation"], 4), "statement_cosine": scalars["statement"]}
             if self.head.bank is not None and edit.subject is not None:
                 reason["bank_margin"] = round(scalars["bank_margin"], 4)
-            if mention and edit.subject is None:  # the question and statement, the entity masked in both
+            if mention:
                 reason["mention"] = question[mention.start:mention.end]
+            if mention and edit.subject is None:  # the question and statement, the entity masked in both
                 reason["masked_cosine"] = round(scalars["relation"], 4)
                 reason["_masked_cosine"] = scalars["relation"]  # judge removes it
             elif mention:
-                reason["mention"] = question[mention.start:mention.end]
                 if edit.target is not None:  # an erase states no target: the check never saw one, the head judges it alone
                     reason["_pair"] = (asked_text, texts[1 + 4 * len(edits) + i])  # what the relation check reads (judge removes it)
                 sibling = relation_clash(asked_text, edit.prompt)
@@ -477,10 +477,7 @@ def head_judges(row: np.ndarray) -> bool:
 
 def mask_subject(edit: Any) -> str:
     """The edit's statement with its subject masked (a free-text statement as it is)."""
-    if edit.subject is None:
-        return edit.statement
-    mention = find_mention(edit.statement, edit.subject)
-    return mask(edit.statement, mention) if mention else edit.statement
+    return edit.statement if edit.subject is None else mask_statement(edit.statement, edit.subject)
 
 
 def free_text_mention(question: str, statement: str, found: Sequence | None = None) -> tuple[Mention | None, str]:
@@ -495,8 +492,10 @@ def free_text_mention(question: str, statement: str, found: Sequence | None = No
     return best
 
 
+@lru_cache(maxsize=8192)
 def mask_statement(statement: str, name: str) -> str:
-    """A free-text statement with ``name`` (one of its own) masked."""
+    """A statement with ``name`` (its subject, or one of a free-text statement's names)
+    masked, as it is where the name is not found. Cached: a question asks it per candidate."""
     mention = find_mention(statement, name)
     return mask(statement, mention) if mention else statement
 

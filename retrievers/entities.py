@@ -283,7 +283,7 @@ def statement_names(statement: str) -> tuple[str, ...]:
     month ("The Pellory Island ferry does not run on Sundays." names "Pellory Island")."""
     names = []
     for run in _NAME_RUN.finditer(statement):
-        words = [w for w in run.group().split()]
+        words = run.group().split()
         capital = [w[:1].isupper() for w in words]
         # split the run at lower-case words that are not joining words: "Island ferry" ends the name at "Island"
         start = 0
