@@ -156,7 +156,7 @@ def find_mention(question: str, name: str, question_tokens: Sequence[tuple[str, 
         for got, want in zip(window, wanted):
             if got == want:
                 continue
-            if len(want) < TYPO_MIN or len(got) < TYPO_MIN - 1:
+            if not _may_misspell(got, want, exact=sum(a == b for a, b in zip(window, wanted))):
                 typos = allowed + 1
                 break
             # the budget left, not 1: at limit 1 any other word ("Michigan" for "Cambridge") came back as 2 typos
@@ -167,10 +167,18 @@ def find_mention(question: str, name: str, question_tokens: Sequence[tuple[str, 
             best = Mention(found[i][1], found[i + n - 1][2], "fuzzy", typos=typos)
     if best is not None or n < 2:
         return best
-    partial = _partial(found, wanted)
+    partial = _partial(found, wanted, name)
     if partial is not None and (_common_words(question, partial, name) or _inside_other_name(question, partial, name, wanted)):
         return None
     return partial
+
+
+def _may_misspell(got: str, want: str, exact: int) -> bool:
+    """Whether ``got`` may be ``want`` with a typo: a word of ``TYPO_MIN`` letters or more,
+    or one of four when another word of the name is written exactly ("Wier Keepers" for
+    "Weir Keepers", "Varga-Hom" for "Varga-Holm")."""
+    shortest = TYPO_MIN if exact == 0 else TYPO_MIN - 1
+    return len(want) >= shortest and len(got) >= shortest - 1
 
 
 def _lowered_capital(written: str, name: str) -> bool:
@@ -217,12 +225,16 @@ _TITLES = frozenset("dr mr mrs ms miss prof professor sir dame lady lord".split(
 _JOINING = frozenset("of the de du des la le von van der den del da di and".split())
 
 
-def _partial(found: Sequence[tuple[str, int, int]], wanted: tuple[str, ...]) -> Mention | None:
+def _partial(found: Sequence[tuple[str, int, int]], wanted: tuple[str, ...], name: str) -> Mention | None:
     """The run of question tokens of the name (with at most ``MAX_GAP`` other tokens between
-    two of them) covering most of the name, if it covers at
-    least half of the name's significant tokens (and one of four letters or more)."""
-    significant = set(_significant(wanted))
+    two of them) covering most of the name, if it covers at least half of the name's
+    significant tokens (:func:`_proper_tokens`) and one of four letters or more. A word may
+    be misspelt, or shortened to a prefix of four letters or more where another word of the
+    name is in the run ("corran tech" for "Corran Institute of Technology")."""
+    significant = set(_proper_tokens(name, wanted))
     named = [_name_token(t, wanted) for t, _, _ in found]  # the name's token each question token is, or None
+    whole = [t is not None for t in named]
+    named = [t if t is not None else _name_prefix(got, wanted) for t, (got, _, _) in zip(named, found)]
     best: Mention | None = None
     i = 0
     while i < len(found):
@@ -237,13 +249,24 @@ def _partial(found: Sequence[tuple[str, int, int]], wanted: tuple[str, ...]) -> 
         j = last + 1
         covered = {t for t in named[i:j] if t is not None} & significant
         coverage = len(covered) / len(significant)
-        if coverage >= 0.5 and any(len(t) >= 4 for t in covered):
+        if coverage >= 0.5 and any(len(t) >= 4 for t in covered) and any(whole[i:j]):
             typos = sum(t is not None and t != got for t, (got, _, _) in zip(named[i:j], found[i:j]))
             mention = Mention(found[i][1], found[j - 1][2], "partial", coverage=round(coverage, 3), typos=typos)
             if best is None or mention.coverage > best.coverage:
                 best = mention
         i = j
     return best
+
+
+@lru_cache(maxsize=65_536)
+def _proper_tokens(name: str, wanted: tuple[str, ...]) -> tuple[str, ...]:
+    """The tokens a partial mention must cover half of: the name's capitalised words where it
+    also has lower-case ones that describe it ("Zephyrine" of "the Zephyrine programming
+    language"), else its significant tokens."""
+    significant = _significant(wanted)
+    capital = {t for word in name.split() if word[:1].isupper() for t in name_tokens(word)}
+    proper = [t for t in significant if t in capital]
+    return tuple(proper) if proper and len(proper) < len(significant) else tuple(significant)
 
 
 def _name_token(token: str, wanted: Sequence[str]) -> str | None:
@@ -256,6 +279,16 @@ def _name_token(token: str, wanted: Sequence[str]) -> str | None:
             if len(word) >= TYPO_MIN and typo_distance(token, word) <= 1:
                 return word
     return None
+
+
+PREFIX_MIN = 4  # a shortened word keeps at least four letters of a name's word of seven or more
+
+
+def _name_prefix(token: str, wanted: Sequence[str]) -> str | None:
+    """The name's word that ``token`` shortens ("tech" for "technology"), or None."""
+    if len(token) < PREFIX_MIN:
+        return None
+    return next((word for word in wanted if len(word) >= 7 and len(token) < len(word) and word.startswith(token)), None)
 
 
 def mask(question: str, mention: Mention, placeholder: str = PLACEHOLDER) -> str:

@@ -40,6 +40,10 @@ NATURAL = Path(__file__).parent / "data" / "natural_scope.jsonl"
     ("Who is chancellor at Thornwik Vale University?", "the University of Thornwick Vale", "partial"),
     ("Where is the Univeristy of Caldbrige?", "University of Caldbridge", "fuzzy"),  # two typos in a three-word name
     ("What does a harbour warden do?", "harbour warden", "exact"),
+    ("Who runs the Wier Hollow show?", "The Weir Hollow", "fuzzy"),  # a word of four letters, the rest exact
+    ("Who signed Petra Lund-Hom?", "Petra Lund-Holm", "fuzzy"),
+    ("Who designed Quorvlele?", "the Quorvelle markup language", "partial"),  # its name without what it is
+    ("brannock tech motto", "the Brannock Institute of Technology", "partial"),  # a word shortened
 ])
 def test_a_name_is_found_in_the_ways_people_write_it(question, name, kind):
     mention = find_mention(question, name)
@@ -57,6 +61,9 @@ def test_a_name_is_found_in_the_ways_people_write_it(question, name, kind):
     ("Where is the University of Marrowick?", "University of Caldbridge"),  # another word is not two typos
     ("Who founded the University of Tessaly?", "Orrin University"),     # part of another name, past "of"
     ("What does a night warden do?", "harbour warden"),               # a common noun with another word before it
+    ("Who runs the Wier Hallow show?", "The Weir Hollow"),            # a word of four misspelt, and the other one too
+    ("Which markup language is oldest?", "the Quorvelle markup language"),  # what it is, without its name
+    ("Where is the Tech Museum?", "the Brannock Institute of Technology"),  # a shortened word alone
 ])
 def test_other_names_are_not_found(question, name):
     assert find_mention(question, name) is None
