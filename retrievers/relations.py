@@ -13,6 +13,7 @@ turns the question's and the edit's scores into the head's relation features.
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -72,6 +73,18 @@ def bank_texts(path: str | Path = TEMPLATES) -> tuple[list[str], np.ndarray, np.
                 wh[number, word] += 1
         wh[number] /= max(wh[number].sum(), 1.0)
     return texts, np.array(relation, dtype=np.int64), wh
+
+
+@lru_cache(maxsize=4)
+def typical_targets(path: str | Path = TEMPLATES) -> tuple[str | None, ...]:
+    """Per relation, numbered as :func:`bank_texts` numbers them, the first example target
+    of its templates ("cello" for an instrument), or None where it has none."""
+    relations = json.loads(Path(path).read_text(encoding="utf-8"))["relations"]
+    targets: dict[int, str | None] = {}
+    for entry, group in zip(relations, relation_groups(relations)):
+        if targets.get(group) is None:
+            targets[group] = (entry.get("target_examples") or [None])[0]
+    return tuple(targets[group] for group in range(len(targets)))
 
 
 class RelationBank:

@@ -98,6 +98,10 @@ def test_the_check_moves_the_head_s_score_of_a_named_pair_its_own_way(embedder):
                 continue
             p = float(shipped.check.scores([(mask(question, mention_of(question, edit)), mask_subject(edit))])[0])
             assert with_check.reason["relation_check"] == pytest.approx(p, abs=1e-4)
+            typical = with_check.reason.get("relation_check_typical_target")
+            if typical is not None:  # asked again only where the check turned the pair down
+                assert p < shipped.check.threshold
+                p = max(p, typical)
             h = np.clip(head_only.score, 1e-12, 1 - 1e-12)
             head = np.clip(np.log(h / (1 - h)), -HEAD_LOGIT_LIMIT, HEAD_LOGIT_LIMIT)  # the head, held within the limit
             expected = head + CHECK_WEIGHT * (np.log(p / (1 - p)) - np.log(shipped.check.threshold / (1 - shipped.check.threshold)))
@@ -118,3 +122,21 @@ def test_an_erase_is_judged_by_the_head_alone_the_check_never_saw_one(embedder):
     assert verdict.in_scope and "relation_check" not in verdict.reason and verdict.reason["mention"] == "Alice"
     alone = EditScope(embedder, head=scope.head, meta=scope.meta).judge("Who is Alice's manager?", [erase])[0]
     assert verdict.score == alone.score  # the head's own score, not moved by the check
+
+
+def test_a_pair_turned_down_for_its_target_s_words_is_asked_again_with_a_typical_target(embedder):
+    from memedit import Edit
+
+    scope = EditScope(embedder)
+    instrument, born = (Edit(subject="Ottilie Varnsworth", prompt="{} plays the", target="theremin"),
+                        Edit(subject="Ottilie Varnsworth", prompt="{} was born in", target="Kessingmoor"))
+    asked = scope.judge("ottilie varnsworth instrument", [instrument, born])
+    # the check alone turns the instrument down for "theremin"; with the relation's typical target it is in scope
+    assert asked[0].reason["relation_check"] < scope.check.threshold <= asked[0].reason["relation_check_typical_target"]
+    assert asked[0].in_scope and not asked[1].in_scope
+    other = scope.judge("Where was Ottilie Varnsworth born?", [instrument, born])
+    assert other[1].in_scope and not other[0].in_scope  # a typical target does not make another relation's question in scope
+    assert "relation_check_typical_target" not in other[1].reason  # a pair the check takes is not asked again
+    # a prompt that is none of the templates' own is never asked again
+    fond = Edit(subject="Ottilie Varnsworth", prompt="Since childhood {} has been fond of playing the", target="theremin")
+    assert "relation_check_typical_target" not in scope.judge("ottilie varnsworth instrument", [fond])[0].reason
