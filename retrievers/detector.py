@@ -341,12 +341,13 @@ class EditScope:
             return
         checked = dict(zip(pairs, self.check.scores(list(pairs.values()))))
         again = {i: typical[i] for i in typical if checked[i] < self.check.threshold}
-        for i, p in zip(again, self.check.scores(list(again.values())) if again else ()):
-            reasons[i]["relation_check_typical_target"] = round(float(p), 4)
+        retried = dict(zip(again, self.check.scores(list(again.values())))) if again else {}
         offset = _logit(self.check.threshold)
         for i, p in checked.items():
             reasons[i]["relation_check"] = round(float(p), 4)
-            p = max(p, reasons[i].get("relation_check_typical_target", 0.0))
+            if i in retried:
+                reasons[i]["relation_check_typical_target"] = round(float(retried[i]), 4)
+                p = max(p, retried[i])
             head = float(np.clip(_logit(scores[i]), -HEAD_LOGIT_LIMIT, HEAD_LOGIT_LIMIT))
             scores[i] = _sigmoid(head + CHECK_WEIGHT * (_logit(p) - offset))
 

@@ -153,10 +153,11 @@ def find_mention(question: str, name: str, question_tokens: Sequence[tuple[str, 
                 return best
             continue
         typos = 0
+        exact = sum(got == want for got, want in zip(window, wanted))  # the window's words written exactly
         for got, want in zip(window, wanted):
             if got == want:
                 continue
-            if not _may_misspell(got, want, exact=sum(a == b for a, b in zip(window, wanted))):
+            if not _may_misspell(got, want, exact):
                 typos = allowed + 1
                 break
             # the budget left, not 1: at limit 1 any other word ("Michigan" for "Cambridge") came back as 2 typos
@@ -274,11 +275,7 @@ def _name_token(token: str, wanted: Sequence[str]) -> str | None:
     typo, in a word of ``TYPO_MIN`` letters or more); None when it is none of the name's."""
     if token in wanted:
         return token
-    if len(token) >= TYPO_MIN - 1:
-        for word in wanted:
-            if len(word) >= TYPO_MIN and typo_distance(token, word) <= 1:
-                return word
-    return None
+    return next((word for word in wanted if _may_misspell(token, word, exact=0) and typo_distance(token, word) <= 1), None)
 
 
 PREFIX_MIN = 4  # a shortened word keeps at least four letters of a name's word of seven or more
