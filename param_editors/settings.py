@@ -31,7 +31,10 @@ FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
     # others): on KnowEdit wiki_counterfact cases 204-211 (a training slice), 8 edits, same-subject
     # locality went from 51.0 to 68.0 with all 8 edits taking cloze and chat both ways (cases
     # 200-203, weight 0.5: 65.3 to 70.8); the 20-prompt unrelated sample went 96.0 to 94.0.
-    "qwen2": {"rome_depth": 0.2, "memit_depths": (0.13, 0.27), "rome_kl_factor": 1.0},
+    # Its ROME values are clamped at 2 times the original value's norm (4 for the others): on
+    # cases 204-211, with the KL weight at 1.0, same-subject locality went from 68.0 to 77.6, all
+    # 8 edits still taking both forms, the sample 94.0 to 97.0, portability 80.6 to 60.8.
+    "qwen2": {"rome_depth": 0.2, "memit_depths": (0.13, 0.27), "rome_kl_factor": 1.0, "rome_clamp_norm": 2.0},
     "gemma3": {"rome_depth": 0.2, "memit_depths": (0.13, 0.27)},
     "gemma3_text": {"rome_depth": 0.2, "memit_depths": (0.13, 0.27)},
 }
@@ -79,7 +82,7 @@ def default_settings(lm: LanguageModel, method: str, **overrides: Any) -> Editor
     n = len(find_blocks(lm.model))
     if method == "rome":
         layers = (min(n - 1, round(family["rome_depth"] * n)),)
-        value = ValueSettings(steps=60, lr=0.5, weight_decay=0.1, clamp_norm=4.0,
+        value = ValueSettings(steps=60, lr=0.5, weight_decay=0.1, clamp_norm=family.get("rome_clamp_norm", 4.0),
                               kl_factor=family.get("rome_kl_factor", ValueSettings.kl_factor))
     else:
         low, high = (min(n - 1, round(d * n)) for d in family["memit_depths"])

@@ -167,7 +167,7 @@ def test_a_bad_value_setting_is_refused_with_its_name(lm, name, value):
         default_settings(lm, "rome", **{name: value})
 
 
-def test_a_family_s_own_rome_kl_weight_is_its_default_and_a_caller_s_value_wins(lm):
+def test_a_family_s_own_rome_kl_weight_and_clamp_are_its_defaults_and_a_caller_s_value_wins(lm):
     from types import SimpleNamespace
 
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -183,3 +183,8 @@ def test_a_family_s_own_rome_kl_weight_is_its_default_and_a_caller_s_value_wins(
     assert default_settings(qwen, "memit").value.kl_factor == values.ValueSettings.kl_factor  # measured for ROME only
     assert default_settings(qwen, "rome", kl_factor=0.25).value.kl_factor == 0.25
     assert default_settings(lm, "rome").value.kl_factor == values.ValueSettings.kl_factor  # SmolLM2 (llama) keeps its own
+    clamp = FAMILY_DEFAULTS["qwen2"]["rome_clamp_norm"]
+    assert clamp != default_settings(lm, "rome").value.clamp_norm
+    assert default_settings(qwen, "rome").value.clamp_norm == clamp
+    assert default_settings(qwen, "memit").value.clamp_norm == default_settings(lm, "memit").value.clamp_norm
+    assert default_settings(qwen, "rome", clamp_norm=3.0).value.clamp_norm == 3.0
