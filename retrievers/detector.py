@@ -351,20 +351,6 @@ class EditScope:
             head = float(np.clip(_logit(scores[i]), -HEAD_LOGIT_LIMIT, HEAD_LOGIT_LIMIT))
             scores[i] = _sigmoid(head + CHECK_WEIGHT * (_logit(p) - offset))
 
-    def _typical_statement(self, edit_bank: np.ndarray | None, masked: str, target: str) -> str | None:
-        """The masked statement with its target replaced by its relation's typical one, where the
-        edit's prompt is a template's (``TYPICAL_TARGET_FIT``) and the target is another; else None."""
-        if edit_bank is None:
-            return None
-        group = int(np.argmax(edit_bank))
-        targets = typical_targets()
-        if edit_bank[group] < TYPICAL_TARGET_FIT or len(targets) != len(edit_bank) or not targets[group]:
-            return None
-        at = masked.rfind(target)
-        if at < 0 or targets[group].casefold() == target.casefold():
-            return None
-        return masked[:at] + targets[group] + masked[at + len(target):]
-
     def free_text_score(self, cosine: float, bar: float = FREE_TEXT_COSINE) -> float:
         """A score from a statement's cosine to the question, mapped so that ``bar`` lands on
         the threshold and 1.0 on 1.0."""
@@ -411,7 +397,7 @@ class EditScope:
             elif mention:
                 if edit.target is not None:  # an erase states no target: the check never saw one, the head judges it alone
                     reason["_pair"] = (asked_text, texts[1 + 4 * len(edits) + i])  # what the relation check reads (judge removes it)
-                    typical = self._typical_statement(None if edit_bank is None else edit_bank[i], reason["_pair"][1], edit.target)
+                    typical = typical_statement(None if edit_bank is None else edit_bank[i], reason["_pair"][1], edit.target)
                     if typical is not None:
                         reason["_typical"] = (asked_text, typical)  # asked if the check turns the pair down (judge removes it)
                 sibling = relation_clash(asked_text, edit.prompt)
@@ -485,6 +471,21 @@ class EditScope:
 
 
 _NONE, _TARGET, _FREE, _CLASH = (384 + SCALARS.index(name) for name in ("mention_none", "target_named", "free_text", "clash"))
+
+
+def typical_statement(edit_bank: np.ndarray | None, masked: str, target: str) -> str | None:
+    """The masked statement with its target replaced by its relation's typical one, where the
+    edit's prompt is a template's (``TYPICAL_TARGET_FIT``) and the target is another; else None."""
+    if edit_bank is None:
+        return None
+    group = int(np.argmax(edit_bank))
+    targets = typical_targets()
+    if edit_bank[group] < TYPICAL_TARGET_FIT or len(targets) != len(edit_bank) or not targets[group]:
+        return None
+    at = masked.rfind(target)
+    if at < 0 or targets[group].casefold() == target.casefold():
+        return None
+    return masked[:at] + targets[group] + masked[at + len(target):]
 
 
 def _logit(p: float) -> float:
