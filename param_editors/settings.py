@@ -82,7 +82,7 @@ def default_settings(lm: LanguageModel, method: str, **overrides: Any) -> Editor
     n = len(find_blocks(lm.model))
     if method == "rome":
         layers = (min(n - 1, round(family["rome_depth"] * n)),)
-        value = ValueSettings(steps=60, lr=0.5, weight_decay=0.1, clamp_norm=family.get("rome_clamp_norm", 4.0),
+        value = ValueSettings(steps=60, lr=0.5, weight_decay=0.1, clamp_norm=family.get("rome_clamp_norm", ValueSettings.clamp_norm),
                               kl_factor=family.get("rome_kl_factor", ValueSettings.kl_factor))
     else:
         low, high = (min(n - 1, round(d * n)) for d in family["memit_depths"])
