@@ -46,7 +46,7 @@ from memedit.files import read_checked_meta
 from .entities import (CACHED_LENGTH, KINDS, TYPO_MIN, answer_clash, relation_clash, Mention, find_mention, fold, mask, mask_prompt, mentions_text, name_likeness, name_tokens,
                        relation_words, statement_names, tokens)
 from .relations import FEATURES as BANK_FEATURES
-from .relations import RelationBank, bank_from_arrays, typical_targets, wh_word
+from .relations import RelationBank, bank_from_arrays, wh_word
 
 HEAD_DIR = Path(__file__).parent / "data"
 HEAD_FILE = "scope_head.safetensors"
@@ -162,7 +162,7 @@ class Head:
     relation bank saved with it. Weights of one member are 2-D (``w1``: features x hidden),
     of several stacked on a first axis."""
 
-    def __init__(self, weights: dict[str, np.ndarray]) -> None:
+    def __init__(self, weights: dict[str, np.ndarray], typical_targets: Sequence[str | None] = ()) -> None:
         self.w1 = np.asarray(weights["w1"], np.float32)
         ensemble = self.w1.ndim == 3
         self.w1 = self.w1 if ensemble else self.w1[None]
@@ -170,6 +170,8 @@ class Head:
         self.mean, self.std = weights["mean"].astype(np.float32), weights["std"].astype(np.float32)
         self.columns = weights["columns"].astype(np.int64) if "columns" in weights else None
         self.bank: RelationBank | None = bank_from_arrays(weights)
+        # per bank relation, its templates' first example target (saved in the head's meta)
+        self.typical_targets = tuple(typical_targets)
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         if self.columns is not None:
@@ -232,7 +234,7 @@ def _read_head(meta_path: Path, weights: Path, fix: str) -> tuple[Head, dict[str
     meta = read_checked_meta(meta_path, weights, fix, "the scope detector head")
     if meta.get("embedder") != DEFAULT_EMBEDDER or meta.get("scalars") != list(SCALARS):
         raise ModelPackageError(f"{meta_path} was made for other features or another embedder; {fix}")
-    return Head(load_file(str(weights))), meta
+    return Head(load_file(str(weights)), meta.get("bank", {}).get("typical_targets", ())), meta
 
 
 # ---------------------------------------------------------------- judging pairs
@@ -397,7 +399,8 @@ class EditScope:
             elif mention:
                 if edit.target is not None:  # an erase states no target: the check never saw one, the head judges it alone
                     reason["_pair"] = (asked_text, texts[1 + 4 * len(edits) + i])  # what the relation check reads (judge removes it)
-                    typical = typical_statement(None if edit_bank is None else edit_bank[i], reason["_pair"][1], edit.target)
+                    typical = typical_statement(None if edit_bank is None else edit_bank[i], reason["_pair"][1], edit.target,
+                                                self.head.typical_targets)
                     if typical is not None:
                         reason["_typical"] = (asked_text, typical)  # asked if the check turns the pair down (judge removes it)
                 sibling = relation_clash(asked_text, edit.prompt)
@@ -473,14 +476,14 @@ class EditScope:
 _NONE, _TARGET, _FREE, _CLASH = (384 + SCALARS.index(name) for name in ("mention_none", "target_named", "free_text", "clash"))
 
 
-def typical_statement(edit_bank: np.ndarray | None, masked: str, target: str) -> str | None:
-    """The masked statement with its target replaced by its relation's typical one, where the
-    edit's prompt is a template's (``TYPICAL_TARGET_FIT``) and the target is another; else None."""
-    if edit_bank is None:
+def typical_statement(edit_bank: np.ndarray | None, masked: str, target: str, targets: Sequence[str | None]) -> str | None:
+    """The masked statement with its target replaced by its relation's typical one (``targets``,
+    per bank relation, as the head saved them), where the edit's prompt is a template's
+    (``TYPICAL_TARGET_FIT``) and the target is another; else None."""
+    if edit_bank is None or len(targets) != len(edit_bank):
         return None
     group = int(np.argmax(edit_bank))
-    targets = typical_targets()
-    if edit_bank[group] < TYPICAL_TARGET_FIT or len(targets) != len(edit_bank) or not targets[group]:
+    if edit_bank[group] < TYPICAL_TARGET_FIT or not targets[group]:
         return None
     at = masked.rfind(target)
     if at < 0 or targets[group].casefold() == target.casefold():

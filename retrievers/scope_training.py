@@ -43,7 +43,7 @@ from memedit.model_files import DATA_ENV, data_dir
 from .detector import HEAD_FILE, HEAD_META, SCALARS, TRAIN_COMMAND, EditScope, Head, head_judges, mask_subject, mention_of
 from .entities import find_mention, mask, mask_prompt
 from .relation_check import CHECK_FILE, CHECK_META, MAX_LENGTH, RANK, SCALE, TARGETS, RelationCheck, adapted_layers, encode_pairs, load_minilm, mean_pool
-from .relations import RelationBank, bank_arrays, relation_groups
+from .relations import RelationBank, bank_arrays, relation_groups, typical_targets
 from .scope import DEFAULT_MAX_LENGTH, FORMAT_VERSION, CrossEncoderScope, ScopePair, _load_model
 from .scope_pairs import best_threshold, plateau_threshold, scope_metrics, scope_pairs, split_by_statement
 
@@ -288,7 +288,7 @@ def train(out: str | Path, pairs: Sequence[ScopePair] | None = None, embedder: A
                   "mean": np.zeros(384 + len(SCALARS), np.float32), "std": np.ones(384 + len(SCALARS), np.float32)})
     scope = EditScope(embedder, head=blank, meta={})
     bank = RelationBank.build(scope.embed)
-    blank.bank = bank
+    blank.bank, blank.typical_targets = bank, typical_targets(TEMPLATES)
     scope.bank_holdout = BANK_HOLDOUT
     x, y = _judged(featurise(scope, train_pairs, progress), train_pairs)
     columns = None if relation_vector else np.arange(384, 384 + len(SCALARS))
@@ -309,7 +309,8 @@ def train(out: str | Path, pairs: Sequence[ScopePair] | None = None, embedder: A
             "threshold": threshold, "seed": seed, "train_pairs": len(train_pairs), "calibration_pairs": len(held_all),
             "calibration": {k: round(fit[k], 4) for k in ("precision", "recall", "f1")},
             "data": ["KnowEdit ZsRE and WikiData_counterfact cases 200-799", "relation_templates.json", "scope_questions.jsonl", *sources],
-            "bank": {"relations": bank.size, "rows": len(bank.relation), "holdout": BANK_HOLDOUT},
+            "bank": {"relations": bank.size, "rows": len(bank.relation), "holdout": BANK_HOLDOUT,
+                     "typical_targets": list(typical_targets(TEMPLATES))},
             "seconds": round(time.perf_counter() - started, 1), "sha256": sha256_file(folder / HEAD_FILE)}
     write_atomic(folder / HEAD_META, (json.dumps(meta, indent=2) + "\n").encode())
     scope.meta, scope.threshold = meta, threshold
