@@ -17,8 +17,11 @@ Two measurements, every detector in the same run:
    types them, the same entities' other relations and famous entities; all edits of a file
    in one memory, every question through ``ScopeDetector.decide`` as a router asks it.
    Recall (the right edit), wrong edit, missed, false hits, and the detector's cost per
-   question. Two files by default: ``bench/data/natural_scope_holdout.jsonl`` (the bench
-   set: no test reads it, nothing trains on it, and nobody developing has read its mistakes)
+   question. Three files by default: ``bench/data/natural_scope_holdout.jsonl`` (the bench
+   set: no test reads it, nothing trains on it; the mistakes of its odd-numbered half were
+   read while developing, never those of the even-numbered half),
+   ``bench/data/natural_scope_fresh.jsonl`` (written in the fifteenth round by a helper that
+   saw no other data; its figures chose between two heads, its mistakes were never read)
    and ``retrievers/data/scope_questions.jsonl`` (the earlier bench set, whose mistakes
    were read while developing; now training data of the shipped head, so its figures are
    training figures).
@@ -55,6 +58,7 @@ from memedit.retrievers.scope import default_scope_path
 EVAL_CASES = 200
 KINDS = ("reliability", "generality", "portability", "locality", "same_relation", "unrelated")
 NATURAL = [Path(__file__).parent / "data" / "natural_scope_holdout.jsonl",
+           Path(__file__).parent / "data" / "natural_scope_fresh.jsonl",
            Path(__file__).resolve().parent.parent / "retrievers" / "data" / "scope_questions.jsonl"]
 
 

@@ -1,4 +1,4 @@
-"""The relation bank: how people ask for some 96 relations, so the scope detector can tell
+"""The relation bank: how people ask for some 185 relations, so the scope detector can tell
 which relation a question asks even when its words are far from the edit's prompt
 ("Who runs X?" against "The CEO of X is").
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import threading
 from pathlib import Path
@@ -143,8 +144,11 @@ def test_template_pairs_put_same_as_questions_in_scope_and_take_near_relations_a
     # the nearest relations are the confusable ones: a birthplace question meets the birth year
     birth = [p.edit.prompt for p in negatives if p.question.startswith("Where was") and p.question.endswith("born?")]
     assert any("year" in prompt or "born in" in prompt for prompt in birth)
-    assert not any(p.kind == "template_other_relation" and "parent company" in p.edit.prompt.lower()
-                   and "own" in p.question.lower() for p in pairs)  # never a negative of its same_as twin
+    # never a negative of its same_as twin: who owns X is asked in scope of X's parent company
+    # (what X itself owns, its subsidiaries, is another relation and may be one)
+    owner = re.compile(r"\bwho owns\b|\bowner of\b|\bowned\?|\bowner\b")
+    asked_owner = [p for p in pairs if p.kind == "template_other_relation" and owner.search(p.question.lower())]
+    assert asked_owner and not any("parent company" in p.edit.prompt.lower() for p in asked_owner)
 
 
 
@@ -212,7 +216,7 @@ def test_a_question_in_other_words_than_the_edit_finds_its_relation_through_the_
     memory.add(subject="Quillmark Systems", prompt="{} is headquartered in", target="Wexbury")
     memory.add(subject="Quillmark Systems", prompt="{} was founded in the year", target="2009")
     detector = ScopeDetector(memory, scope)
-    decision = detector.decide("Who runs Quillmark Systems these days?")
+    decision = detector.decide("Who is the boss of Quillmark Systems these days?")
     assert decision.best is not None and decision.best.id == ceo.id
     assert decision.verdicts[0].reason["bank_margin"] > 0
     assert detector.decide("Who owns the most shares in Quillmark Systems?").best is None

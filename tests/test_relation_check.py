@@ -105,7 +105,8 @@ def test_the_check_moves_the_head_s_score_of_a_named_pair_its_own_way(embedder):
             h = np.clip(head_only.score, 1e-12, 1 - 1e-12)
             head = np.clip(np.log(h / (1 - h)), -HEAD_LOGIT_LIMIT, HEAD_LOGIT_LIMIT)  # the head, held within the limit
             expected = head + CHECK_WEIGHT * (np.log(p / (1 - p)) - np.log(shipped.check.threshold / (1 - shipped.check.threshold)))
-            assert with_check.score == pytest.approx(1 / (1 + np.exp(-expected)), abs=1e-6)
+            # the trace keeps the typical target's score to 4 decimals; the score used the exact one
+            assert with_check.score == pytest.approx(1 / (1 + np.exp(-expected)), abs=1e-6 if typical is None else 1e-4)
             assert (with_check.score > 1 / (1 + np.exp(-head))) == (p > shipped.check.threshold) or with_check.score in (0.0, 1.0)
     decided = [shipped.judge(q, edits[:2]) for q in ("Who employs Marisol Quenby?", "Where was Marisol Quenby born?")]
     assert decided[0][0].in_scope and not decided[0][1].in_scope
@@ -128,15 +129,16 @@ def test_a_pair_turned_down_for_its_target_s_words_is_asked_again_with_a_typical
     from memedit import Edit
 
     scope = EditScope(embedder)
-    instrument, born = (Edit(subject="Ottilie Varnsworth", prompt="{} plays the", target="theremin"),
+    instrument, born = (Edit(subject="Ottilie Varnsworth", prompt="{} plays the", target="serpent"),
                         Edit(subject="Ottilie Varnsworth", prompt="{} was born in", target="Kessingmoor"))
     asked = scope.judge("ottilie varnsworth instrument", [instrument, born])
-    # the check alone turns the instrument down for "theremin"; with the relation's typical target it is in scope
+    # the check alone turns the instrument down for "serpent" (an instrument named by a common
+    # word); with the relation's typical target it is in scope
     assert asked[0].reason["relation_check"] < scope.check.threshold <= asked[0].reason["relation_check_typical_target"]
     assert asked[0].in_scope and not asked[1].in_scope
     other = scope.judge("Where was Ottilie Varnsworth born?", [instrument, born])
     assert other[1].in_scope and not other[0].in_scope  # a typical target does not make another relation's question in scope
     assert "relation_check_typical_target" not in other[1].reason  # a pair the check takes is not asked again
     # a prompt that is none of the templates' own is never asked again
-    fond = Edit(subject="Ottilie Varnsworth", prompt="Since childhood {} has been fond of playing the", target="theremin")
+    fond = Edit(subject="Ottilie Varnsworth", prompt="Since childhood {} has been fond of playing the", target="serpent")
     assert "relation_check_typical_target" not in scope.judge("ottilie varnsworth instrument", [fond])[0].reason
