@@ -4,8 +4,9 @@ which relation a question asks even when its words are far from the edit's promp
 
 The bank is every cloze prompt and question of ``data/relation_templates.json`` (written
 for this project, about invented entities) with the entity masked out, embedded once with
-the detector's MiniLM. The vectors travel inside the detector's head file, so a question
-never waits for them. For a masked question (or an edit's masked prompt) :meth:`RelationBank.scores`
+the detector's MiniLM. The vectors travel inside the detector's head file (and each
+relation's typical target, :func:`typical_targets`, in its meta), so a question never
+waits for them and never reads the templates. For a masked question (or an edit's masked prompt) :meth:`RelationBank.scores`
 gives, per relation, the best cosine to that relation's rows; :meth:`RelationBank.features`
 turns the question's and the edit's scores into the head's relation features.
 """
