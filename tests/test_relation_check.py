@@ -142,3 +142,18 @@ def test_a_pair_turned_down_for_its_target_s_words_is_asked_again_with_a_typical
     # a prompt that is none of the templates' own is never asked again
     fond = Edit(subject="Ottilie Varnsworth", prompt="Since childhood {} has been fond of playing the", target="serpent")
     assert "relation_check_typical_target" not in scope.judge("ottilie varnsworth instrument", [fond])[0].reason
+
+
+def test_a_head_saved_without_typical_targets_never_asks_again(embedder):
+    import copy
+
+    from memedit import Edit
+
+    shipped = EditScope(embedder)
+    bare = copy.copy(shipped.head)
+    bare.typical_targets = ()  # a head whose scope_head.json has none (trained before they were saved)
+    plain = EditScope(embedder, head=bare, meta=shipped.meta, check=shipped.check)
+    serpent = Edit(subject="Ottilie Varnsworth", prompt="{} plays the", target="serpent")
+    asked = plain.judge("ottilie varnsworth instrument", [serpent])[0]
+    assert "relation_check_typical_target" not in asked.reason and not asked.in_scope
+    assert shipped.judge("ottilie varnsworth instrument", [serpent])[0].in_scope  # the shipped head's targets do
