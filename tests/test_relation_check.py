@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from memedit.errors import ModelPackageError
-from memedit.retrievers.detector import CHECK_WEIGHT, HEAD_DIR, HEAD_LOGIT_LIMIT, EditScope, load_check, mask_subject, mention_of
-from memedit.retrievers.entities import mask
+from memedit.retrievers.detector import CHECK_WEIGHT, HEAD_DIR, HEAD_LOGIT_LIMIT, EditScope, load_check, mask_subject, mention_of, typical_statement
+from memedit.retrievers.entities import mask, mask_prompt
 from memedit.retrievers.relation_check import CHECK_FILE, CHECK_META, RANK, RelationCheck
 from memedit.retrievers.scope_training import AdaptedMiniLM
 
@@ -101,12 +101,16 @@ def test_the_check_moves_the_head_s_score_of_a_named_pair_its_own_way(embedder):
             typical = with_check.reason.get("relation_check_typical_target")
             if typical is not None:  # asked again only where the check turned the pair down
                 assert p < shipped.check.threshold
-                p = max(p, typical)
+                # the typical statement as the detector makes it, scored exactly (the trace keeps 4 decimals)
+                edit_bank = shipped.head.bank.scores(shipped.embed([mask_prompt(edit.prompt)]))[0]
+                again = typical_statement(edit_bank, mask_subject(edit), edit.target, shipped.head.typical_targets)
+                exact = float(shipped.check.scores([(mask(question, mention_of(question, edit)), again)])[0])
+                assert typical == pytest.approx(exact, abs=1e-4)
+                p = max(p, exact)
             h = np.clip(head_only.score, 1e-12, 1 - 1e-12)
             head = np.clip(np.log(h / (1 - h)), -HEAD_LOGIT_LIMIT, HEAD_LOGIT_LIMIT)  # the head, held within the limit
             expected = head + CHECK_WEIGHT * (np.log(p / (1 - p)) - np.log(shipped.check.threshold / (1 - shipped.check.threshold)))
-            # the trace keeps the typical target's score to 4 decimals; the score used the exact one
-            assert with_check.score == pytest.approx(1 / (1 + np.exp(-expected)), abs=1e-6 if typical is None else 1e-4)
+            assert with_check.score == pytest.approx(1 / (1 + np.exp(-expected)), abs=1e-6)
             assert (with_check.score > 1 / (1 + np.exp(-head))) == (p > shipped.check.threshold) or with_check.score in (0.0, 1.0)
     decided = [shipped.judge(q, edits[:2]) for q in ("Who employs Marisol Quenby?", "Where was Marisol Quenby born?")]
     assert decided[0][0].in_scope and not decided[0][1].in_scope
