@@ -234,7 +234,18 @@ def _read_head(meta_path: Path, weights: Path, fix: str) -> tuple[Head, dict[str
     meta = read_checked_meta(meta_path, weights, fix, "the scope detector head")
     if meta.get("embedder") != DEFAULT_EMBEDDER or meta.get("scalars") != list(SCALARS):
         raise ModelPackageError(f"{meta_path} was made for other features or another embedder; {fix}")
-    return Head(load_file(str(weights)), meta.get("bank", {}).get("typical_targets", ())), meta
+    head = Head(load_file(str(weights)), _typical_targets(meta, meta_path, fix))
+    if head.typical_targets and (head.bank is None or len(head.typical_targets) != head.bank.size):
+        raise ModelPackageError(f"{meta_path}: bank.typical_targets must list one target per bank relation; {fix}")
+    return head, meta
+
+
+def _typical_targets(meta: dict[str, Any], meta_path: Path, fix: str) -> tuple[str | None, ...]:
+    """The head's typical target per bank relation (empty for a head saved before they were)."""
+    targets = meta.get("bank", {}).get("typical_targets", [])
+    if not isinstance(targets, list) or not all(t is None or isinstance(t, str) for t in targets):
+        raise ModelPackageError(f"{meta_path}: bank.typical_targets must be a list of strings or nulls; {fix}")
+    return tuple(targets)
 
 
 # ---------------------------------------------------------------- judging pairs

@@ -258,6 +258,13 @@ def test_a_changed_head_is_refused_with_the_command_that_rebuilds_it(tmp_path):
     shutil.copy(HEAD_DIR / "scope_head.safetensors", weights)
     with pytest.raises(ModelPackageError, match="other features"):
         load_head(copy)
+    # typical targets that are not one string (or null) per bank relation name the field
+    for bad in ("cello", [1, 2], meta["bank"]["typical_targets"][:-1]):
+        (copy / "scope_head.json").write_text(json.dumps({**meta, "bank": {**meta["bank"], "typical_targets": bad}}))
+        with pytest.raises(ModelPackageError, match="bank.typical_targets"):
+            load_head(copy)
+    (copy / "scope_head.json").write_text(json.dumps({**meta, "bank": {k: v for k, v in meta["bank"].items() if k != "typical_targets"}}))
+    assert load_head(copy)[0].typical_targets == ()  # a head saved before they were still loads
 
 
 def test_a_head_is_read_once_while_its_files_stay_the_same(tmp_path):
