@@ -19,6 +19,9 @@ detector (``ScopeDetector.decide``, as every router calls it) is asked:
   entities, e.g. "Who is the director of The Beatles?"): no edit of the case is about them,
   so any hit is a false hit (another case may, rarely, edit the same fact; such questions
   are counted apart and left out).
+- each case's multi-hop questions (``questions``: "What is the citizenship of the CEO of
+  X?"), as a multi-hop router's sub-question sometimes asks two hops at once: they name the
+  first hop's subject, so the detector should return the first hop's edit (``first hop``).
 
 The detector was trained on KnowEdit, never on MQuAKE. Figures are printed and written as
 JSON to ``--results`` (default bench/results/mquake_scope.json).
@@ -46,7 +49,8 @@ DATA = data_dir() / "mquake-hard" / "MQuAKE-hard.json"
 
 def measure(cases, k, classifier, first_threshold: float | None, folder: Path) -> dict:
     embedder = get_embedder()
-    found = {"recall": 0, "wrong": 0, "missed": 0, "false_hit": 0, "quiet": 0, "edited_elsewhere": 0}
+    found = {"recall": 0, "wrong": 0, "missed": 0, "false_hit": 0, "quiet": 0, "edited_elsewhere": 0,
+             "first_hop": 0, "compound_other": 0, "compound_none": 0}
     for number, group in enumerate(batches(cases, k)):
         with Memory(folder / f"k{k}-{number}.db", embedder=embedder) as memory:
             memory.add_many([e for c in group for e in c.edits])
@@ -69,12 +73,20 @@ def measure(cases, k, classifier, first_threshold: float | None, folder: Path) -
                         continue
                     hit = detector.decide(hop.question).best
                     found["false_hit" if hit is not None else "quiet"] += 1
+                first = case.edit_for_hop()[0]
+                for question in case.questions if first is not None else ():
+                    hit = detector.decide(question).best
+                    found["compound_none" if hit is None else
+                          "first_hop" if hit.statement == case.edits[first].statement else "compound_other"] += 1
     asked = found["recall"] + found["wrong"] + found["missed"]
     unedited = found["false_hit"] + found["quiet"]
+    compound = found["first_hop"] + found["compound_other"] + found["compound_none"]
     return {"k": str(k), "edited_questions": asked, "recall": round(found["recall"] / asked, 4),
             "wrong_edit": round(found["wrong"] / asked, 4), "missed": round(found["missed"] / asked, 4),
             "unedited_questions": unedited, "false_hit_rate": round(found["false_hit"] / max(unedited, 1), 4),
-            "left_out_edited_elsewhere": found["edited_elsewhere"]}
+            "left_out_edited_elsewhere": found["edited_elsewhere"], "compound_questions": compound,
+            "first_hop": round(found["first_hop"] / max(compound, 1), 4),
+            "compound_other_edit": round(found["compound_other"] / max(compound, 1), 4)}
 
 
 def main(argv=None) -> int:
@@ -103,10 +115,10 @@ def main(argv=None) -> int:
                 row["seconds"] = round(time.time() - started, 1)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    print("\n| detector | first-stage cosine | k | recall | wrong edit | missed | false-hit rate | s |\n|---|---|---|---|---|---|---|---|")
+    print("\n| detector | first-stage cosine | k | recall | wrong edit | missed | false-hit rate | multi-hop question: first hop / another edit | s |\n|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['detector']} | {r['first_threshold'] if r['first_threshold'] is not None else '–'} | {r['k']} | {100 * r['recall']:.1f} | {100 * r['wrong_edit']:.1f} | {100 * r['missed']:.1f} "
-              f"| {100 * r['false_hit_rate']:.1f} | {r['seconds']} |")
+              f"| {100 * r['false_hit_rate']:.1f} | {100 * r['first_hop']:.1f} / {100 * r['compound_other_edit']:.1f} | {r['seconds']} |")
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results).write_text(json.dumps({"data": args.data, "rows": rows}, indent=2) + "\n", encoding="utf-8")
     return 0

@@ -29,7 +29,9 @@ Two measurements, every detector in the same run:
 The cosine classifier gets its F1-max threshold on training pairs (cases 200-799); the
 cross-encoder is fine-tuned on them (saved in ``--out``); the edit detector is the head and
 relation check shipped in ``retrievers/data`` (``memedit scope train`` rebuilds both; a
-``--compare-head`` folder without a check measures its head alone). Figures are printed
+``--compare-head`` folder without a check measures its head alone; ``--check-apart`` adds the
+shipped detector with its relation check in an encoder pass of its own, as it ran before the
+question and its check pairs shared one, for the cost side by side). Figures are printed
 and written as JSON to ``--results`` (default bench/results/scope.json).
 """
 
@@ -48,7 +50,8 @@ import numpy as np
 from memedit.embeddings import get_embedder
 from memedit.eval.knowedit import load_knowedit
 from memedit.eval.scope_eval import evaluate_scope, load_scope_questions
-from memedit.retrievers.detector import EditScope, StatementScope
+from memedit.retrievers.detector import HEAD_DIR, EditScope, StatementScope
+from memedit.retrievers.relation_check import RelationCheck
 from memedit.retrievers.scope import DEFAULT_MAX_LENGTH, CrossEncoderScope, EmbeddingScope, ScopePair
 from memedit.model_files import data_dir
 from memedit.retrievers.scope_pairs import calibrate, scope_metrics, scope_pairs
@@ -102,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--head", type=Path, default=None, help="a head folder from 'memedit scope train' (default: the shipped one)")
     parser.add_argument("--compare-head", type=Path, action="append", default=[],
                         help="another head folder to measure beside it, as 'edit (FOLDER)' (repeatable)")
+    parser.add_argument("--check-apart", action="store_true",
+                        help="also measure the shipped detector with the relation check in its own encoder pass, as 'edit, check apart'")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--results", type=Path, default=Path("bench/results/scope.json"))
     args = parser.parse_args(argv)
@@ -114,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     train, evaluation = load_pairs(args.data, args.train_limit, args.seed)
     embedder = get_embedder()
     classifiers = {"edit": EditScope(embedder, folder=args.head)}
+    if args.check_apart:  # its own check object: no score cached by the other
+        classifiers["edit, check apart"] = EditScope(embedder, folder=args.head, one_pass=False,
+                                                     check=RelationCheck.load(args.head or HEAD_DIR))
     for folder in args.compare_head:
         classifiers[f"edit ({folder})"] = EditScope(embedder, folder=folder)
     cosine = EmbeddingScope(embedder)

@@ -6,6 +6,7 @@ import os
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -43,8 +44,7 @@ class Embedder:
         self.dim = int(dimension())
         self._direct = _plain_pipeline(model, matmul_dtype(precision))
         #: what the encoder's matrix products run in: "float32", or "bfloat16" (see :func:`matmul_dtype`)
-        self.precision = str(self._direct[1].dtype).removeprefix("torch.") if self._direct and isinstance(
-            self._direct[1], BertForward) else "float32"
+        self.precision = str(self.forward.dtype).removeprefix("torch.") if self.forward is not None else "float32"
 
     def encode(self, texts: list[str], batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = False) -> np.ndarray:
         """Embed ``texts`` in batches; returns an array of shape (len(texts), dim)."""
@@ -89,6 +89,23 @@ class Embedder:
 
     def encode_one(self, text: str) -> np.ndarray:
         return self.encode([text], batch_size=1)[0]
+
+    @property
+    def forward(self) -> "BertForward | None":
+        """The encoder as :class:`BertForward` runs it, or None where this embedder does not run one."""
+        return self._direct[1] if self._direct and isinstance(self._direct[1], BertForward) else None
+
+    @property
+    def tokenizer(self) -> Any:
+        """The encoder's tokenizer (None where the model is run through its own ``encode``)."""
+        return self._direct[0] if self._direct else None
+
+    def token_ids(self, texts: list[str]) -> list[list[int]]:
+        """The token ids of each text as :meth:`encode` reads it, for ``BertForward.pooled``."""
+        if not texts:
+            return []
+        tokenizer, _, max_length = self._direct
+        return tokenizer([t.strip() for t in texts], truncation=True, max_length=max_length)["input_ids"]
 
 
 def matmul_dtype(precision: str = "auto"):
@@ -185,13 +202,20 @@ class BertForward:
             self.layers = packed
         return same
 
-    def _linear(self, x, weight, bias):
+    def _linear(self, x, weight, bias, adapter=None, start: int = 0):
+        """``x @ weight.T + bias``; with ``adapter`` (low-rank factors ``(a, b)``, float32) plus
+        ``x @ a.T @ b.T`` on the positions from ``start`` on (of the one packed row)."""
         import torch
         import torch.nn.functional as F
 
         if self.packed:
-            return torch.ops.mkldnn._linear_pointwise(x.to(self.dtype), weight, bias, "none", [], "").float()
-        return F.linear(x.to(self.dtype), weight, bias).float()
+            y = torch.ops.mkldnn._linear_pointwise(x.to(self.dtype), weight, bias, "none", [], "").float()
+        else:
+            y = F.linear(x.to(self.dtype), weight, bias).float()
+        if adapter is not None and start < x.shape[1]:
+            a, b = adapter
+            y[0, start:] += F.linear(F.linear(x[0, start:], a), b)
+        return y
 
     @classmethod
     def of(cls, model, dtype=None) -> "BertForward | None":
@@ -207,17 +231,44 @@ class BertForward:
 
         if token_type_ids is not None and bool(token_type_ids.any()):
             raise ValueError("BertForward handles one token type only")
-        rows, length = input_ids.shape
-        width, heads = self.width, self.heads
+        length = input_ids.shape[1]
         x = self.words[input_ids] + self.positions[:length] + self.token_type
-        x = F.layer_norm(x, (width,), *self.norm, self.eps)
         mask = None if bool(attention_mask.all()) else attention_mask[:, None, None, :].bool()
-        for qkv_w, qkv_b, out_w, out_b, n1_w, n1_b, up_w, up_b, down_w, down_b, n2_w, n2_b in self.layers:
-            q, k, v = self._linear(x, qkv_w, qkv_b).view(rows, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
+        return self._layers(F.layer_norm(x, (self.width,), *self.norm, self.eps), mask)
+
+    def pooled(self, sequences, adapters=None, adapted_from: int | None = None):
+        """The mean of each token-id sequence's last hidden states, all of ``sequences`` in one
+        pass: packed end to end into one row, each attending to its own tokens only, so the
+        weights are read once for all of them and no padding is computed. ``adapters`` (per
+        layer, the low-rank factors of its four products, see :meth:`_linear`) apply to the
+        sequences from number ``adapted_from`` on. Returns a float32 tensor (sequences, width)."""
+        import torch
+        import torch.nn.functional as F
+
+        lengths = torch.tensor([len(s) for s in sequences])
+        ids = torch.tensor([t for s in sequences for t in s])
+        segment = torch.repeat_interleave(torch.arange(len(sequences)), lengths)
+        starts = torch.cumsum(lengths, 0) - lengths
+        positions = torch.arange(len(ids)) - starts[segment]
+        x = self.words[ids] + self.positions[positions] + self.token_type
+        mask = None if len(sequences) == 1 else (segment[:, None] == segment[None, :])[None, None]
+        start = int(starts[adapted_from]) if adapters is not None and adapted_from is not None and adapted_from < len(sequences) else len(ids)
+        hidden = self._layers(F.layer_norm(x, (self.width,), *self.norm, self.eps)[None], mask, adapters, start)[0]
+        sums = torch.zeros(len(sequences), self.width).index_add_(0, segment, hidden)
+        return sums / lengths[:, None]
+
+    def _layers(self, x, mask, adapters=None, start: int = 0):
+        import torch.nn.functional as F
+
+        rows, length = x.shape[:2]
+        width, heads = self.width, self.heads
+        for i, (qkv_w, qkv_b, out_w, out_b, n1_w, n1_b, up_w, up_b, down_w, down_b, n2_w, n2_b) in enumerate(self.layers):
+            qkv_a, out_a, up_a, down_a = adapters[i] if adapters is not None else (None,) * 4
+            q, k, v = self._linear(x, qkv_w, qkv_b, qkv_a, start).view(rows, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
             attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(rows, length, width)
-            x = F.layer_norm(self._linear(attended, out_w, out_b) + x, (width,), n1_w, n1_b, self.eps)
-            up = F.gelu(self._linear(x, up_w, up_b))
-            x = F.layer_norm(self._linear(up, down_w, down_b) + x, (width,), n2_w, n2_b, self.eps)
+            x = F.layer_norm(self._linear(attended, out_w, out_b, out_a, start) + x, (width,), n1_w, n1_b, self.eps)
+            up = F.gelu(self._linear(x, up_w, up_b, up_a, start))
+            x = F.layer_norm(self._linear(up, down_w, down_b, down_a, start) + x, (width,), n2_w, n2_b, self.eps)
         return x
 
 

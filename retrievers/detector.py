@@ -20,7 +20,9 @@ Two pieces:
 - :class:`ScopeDetector` gathers the candidates of a question (the memory's nearest
   edits, plus every active edit whose subject the question names) and returns a
   :class:`Decision`: the edits in scope, best first, and a trace record with each
-  candidate's score and the reason.
+  candidate's score and the reason. The question's vector for retrieval, its masked forms
+  and the relation check's pairs go through MiniLM in one pass (the check's adapters run
+  beside the embedder's own matrices), so the weights are read once per question.
 
 The statement-only classifiers of :mod:`.scope` (cosine, cross-encoder) plug into the same
 detector through :class:`StatementScope`, so that benchmarks compare them on one path.
@@ -255,14 +257,17 @@ class EditScope:
     """Judges (question, edit) pairs from the edit's subject, relation and statement.
 
     ``embedder`` is the memory's (MiniLM); ``folder`` a head saved by ``memedit scope
-    train`` (default: the shipped one); ``threshold`` overrides the calibrated one.
+    train`` (default: the shipped one); ``threshold`` overrides the calibrated one. With
+    ``one_pass`` (the default) a question's vector, its masked forms and the relation check's
+    pairs share one encoder pass where the check runs on ``embedder`` itself; False runs
+    them apart (the same scores, for comparison).
     """
 
     name = "edit"
     CACHE_SIZE = 50_000
 
     def __init__(self, embedder: Any = None, folder: str | Path | None = None, threshold: float | None = None,
-                 head: Head | None = None, meta: dict[str, Any] | None = None, check: Any = None) -> None:
+                 head: Head | None = None, meta: dict[str, Any] | None = None, check: Any = None, one_pass: bool = True) -> None:
         if head is None:
             head, meta = load_head(folder)
             check = load_check(folder) if check is None else check
@@ -270,6 +275,7 @@ class EditScope:
         #: the relation check (:class:`.relation_check.RelationCheck`), or None: the head alone
         self.check = check
         self.threshold = float(threshold if threshold is not None else self.meta.get("threshold", 0.5))
+        self.one_pass = one_pass
         self.bank_holdout: float | None = None  # training only: see RelationBank.scores
         self._embedder = embedder
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -408,9 +414,10 @@ class EditScope:
                 reason["masked_cosine"] = round(scalars["relation"], 4)
                 reason["_masked_cosine"] = scalars["relation"]  # judge removes it
             elif mention:
-                if edit.target is not None:  # an erase states no target: the check never saw one, the head judges it alone
-                    reason["_pair"] = (asked_text, texts[1 + 4 * len(edits) + i])  # what the relation check reads (judge removes it)
-                    typical = typical_statement(None if edit_bank is None else edit_bank[i], reason["_pair"][1], edit.target,
+                pair = check_pair(edit, mention, asked_text)
+                if pair is not None:
+                    reason["_pair"] = pair  # what the relation check reads (judge removes it)
+                    typical = typical_statement(None if edit_bank is None else edit_bank[i], pair[1], edit.target,
                                                 self.head.typical_targets)
                     if typical is not None:
                         reason["_typical"] = (asked_text, typical)  # asked if the check turns the pair down (judge removes it)
@@ -473,10 +480,24 @@ class EditScope:
         texts = [question] + [t for _, asked, relation, filled in plans for t in (asked, relation, filled)]
         return found, plans, texts + [e.statement for e in edits] + [mask_subject(e) for e in edits]
 
-    def masked(self, question: str, edits: Sequence[Any], names: dict[str, list[str]] | None = None) -> list[str]:
-        """The question with each named subject (or free-text edit's entity) masked out: the
-        texts :meth:`judge` embeds for ``edits`` beside the question itself."""
-        return list(dict.fromkeys(asked for mention, asked, _, _ in self.texts(question, edits, names)[1] if mention))
+    def embed_question(self, question: str, edits: Sequence[Any], names: dict[str, list[str]] | None = None) -> np.ndarray:
+        """The question's vector, computed in one encoder pass with what :meth:`judge` will
+        need for ``edits``: the question with each named subject (or free-text edit's entity)
+        masked out, and the relation check's scores of the pairs it reads (where the check runs
+        on this embedder's encoder)."""
+        plans = self.texts(question, edits, names)[1]
+        texts = list(dict.fromkeys([question, *(asked for mention, asked, _, _ in plans if mention)]))
+        shared = self.one_pass and self.check is not None and self.check.embedder is self.embedder
+        pairs = [] if not shared else list(dict.fromkeys(
+            pair for edit, (mention, asked, _, _) in zip(edits, plans) if (pair := check_pair(edit, mention, asked))))
+        missing = [pair for pair in pairs if not self.check.known(pair)]
+        if missing:
+            with self._lock:
+                fresh = [t for t in texts if t not in self._cache]
+            vectors, _ = self.check.embed_and_score(fresh, missing)
+            for text, vector in zip(fresh, vectors):
+                self.remember(text, vector)
+        return self.embed(texts)[0]
 
     def pair_scores(self, pairs: Sequence[Any]) -> np.ndarray:
         """Scores of labelled pairs (``ScopePair`` with ``edit``), for benchmarks."""
@@ -485,6 +506,15 @@ class EditScope:
 
 
 _NONE, _TARGET, _FREE, _CLASH = (384 + SCALARS.index(name) for name in ("mention_none", "target_named", "free_text", "clash"))
+
+
+def check_pair(edit: Any, mention: Mention | None, asked: str) -> tuple[str, str] | None:
+    """What the relation check reads of a triple edit whose subject the question names: the
+    question and the statement, the subject masked in both. None for a free-text edit, an
+    unnamed subject, or an erase (no target: the check never saw one, the head judges it alone)."""
+    if mention is None or edit.subject is None or edit.target is None:
+        return None
+    return asked, mask_subject(edit)
 
 
 def typical_statement(edit_bank: np.ndarray | None, masked: str, target: str, targets: Sequence[str | None]) -> str | None:
@@ -755,11 +785,11 @@ class ScopeDetector:
         return self.memory.embedder.encode(list(texts))
 
     def embed_question(self, question: str, named: Sequence[Any] = ()) -> np.ndarray:
-        """The question's vector. The edit classifier embeds it in one batch with the masked
-        forms its verdicts on ``named`` will need, so a question costs one encoder pass."""
+        """The question's vector. The edit classifier computes it in one encoder pass with the
+        masked forms and the relation check's scores its verdicts on ``named`` will need."""
         if not isinstance(self.classifier, EditScope):
             return self.memory.embedder.encode_one(question)
-        return self.embed([question, *self.classifier.masked(question, named, self.names.names)])[0]
+        return self.classifier.embed_question(question, named, self.names.names)
 
     def warm(self, question: str) -> None:
         """Decide ``question`` and drop the decision: the vectors and relation-check scores it

@@ -9,9 +9,10 @@ masked, statement with the subject masked)``, mean-pooled, then one linear layer
 
 What it learns is small: rank-8 adapters (LoRA) on each matrix product of MiniLM's six
 layers and the linear layer, about 1.3 MB, shipped in ``retrievers/data`` with their SHA-256
-and reproduced by ``memedit scope train`` (about 20 minutes on 2 cores, on the head's pairs,
-masked, and the same pairs unmasked). When loaded, the adapters are added into a copy of MiniLM's weights, which then
-runs like the embedder (bfloat16 where the CPU has AMX).
+and reproduced by ``memedit scope train`` (about 45 minutes on 2 cores, on the head's pairs,
+masked, and the same pairs unmasked). It runs on the embedder's own encoder (no second copy
+of MiniLM), the adapters' low-rank products added beside its matrix products, so the question's
+embeddings and the check's pairs can share one pass (:meth:`RelationCheck.embed_and_score`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from memedit.embeddings import MINILM_SHA256, BertForward, matmul_dtype, minilm_path
+from memedit.embeddings import MINILM_SHA256, minilm_path
 from memedit.errors import ModelPackageError
 from memedit.files import quiet_hf, read_checked_meta
 
@@ -52,48 +53,66 @@ def adapted_layers(model: Any) -> list[tuple[str, Any]]:
 
 class RelationCheck:
     """Scores ``(masked question, masked statement)`` pairs: the probability that the question
-    asks for what the statement states. :meth:`load` opens the shipped one (or a folder)."""
+    asks for what the statement states. :meth:`load` opens the shipped one (or a folder).
+    ``embedder`` is the packaged MiniLM's (:func:`memedit.embeddings.get_embedder`), whose
+    encoder the check runs with ``adapters`` (per layer, see ``BertForward.pooled``)."""
 
     CACHE_SIZE = 20_000
+    PAIRS_PER_PASS = 16  # pairs packed into one pass when many are scored at once
 
-    def __init__(self, encoder: Any, tokenizer: Any, weight: np.ndarray, bias: float, threshold: float,
+    def __init__(self, embedder: Any, adapters: list, weight: np.ndarray, bias: float, threshold: float,
                  meta: dict[str, Any] | None = None) -> None:
-        self.encoder, self.tokenizer = encoder, tokenizer
+        self.embedder, self.adapters = embedder, adapters
         self.weight, self.bias = np.asarray(weight, np.float32), float(bias)
         self.threshold = float(threshold)
         self.meta = dict(meta or {})
         self._cache: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._lock = threading.Lock()
 
-    def scores(self, items: Sequence[tuple[str, str]], batch_size: int = 64) -> np.ndarray:
+    def scores(self, items: Sequence[tuple[str, str]]) -> np.ndarray:
         """The probability for each ``(masked question, masked statement)``; each pair computed once."""
         with self._lock:
             known = {item: self._cache[item] for item in items if item in self._cache}
         missing = list(dict.fromkeys(item for item in items if item not in known))
-        for start in range(0, len(missing), batch_size):
-            chunk = missing[start:start + batch_size]
-            fresh = self._forward(chunk)
-            with self._lock:
-                for item, p in zip(chunk, fresh):
-                    self._cache[item] = known[item] = float(p)
-                while len(self._cache) > self.CACHE_SIZE:
-                    self._cache.popitem(last=False)
+        for start in range(0, len(missing), self.PAIRS_PER_PASS):
+            known.update(self.embed_and_score([], missing[start:start + self.PAIRS_PER_PASS])[1])
         return np.array([known[item] for item in items], dtype=np.float32)
 
-    def _forward(self, items: Sequence[tuple[str, str]]) -> np.ndarray:
+    def embed_and_score(self, texts: Sequence[str], items: Sequence[tuple[str, str]]
+                        ) -> tuple[np.ndarray, dict[tuple[str, str], float]]:
+        """The embedder's vectors of ``texts`` and the probability of each pair of ``items``, in
+        one encoder pass (the texts without the adapters, the pairs with them); the pairs' scores
+        are cached."""
         import torch
 
+        encoder = self.embedder.forward
+        sequences = self.embedder.token_ids(list(texts)) + (encode_pairs(self.embedder.tokenizer, items, padded=False) if items else [])
+        if not sequences:
+            return np.zeros((0, self.embedder.dim), np.float32), {}
         with torch.inference_mode():
-            batch = encode_pairs(self.tokenizer, items, getattr(self.encoder, "pad_to", None))
-            hidden = self.encoder(**batch) if isinstance(self.encoder, BertForward) else self.encoder(**batch).last_hidden_state
-            pooled = mean_pool(hidden, batch["attention_mask"]).float().numpy()
-        return 1.0 / (1.0 + np.exp(-np.clip(pooled @ self.weight + self.bias, -30, 30)))
+            pooled = encoder.pooled(sequences, self.adapters, len(texts))
+            vectors = torch.nn.functional.normalize(pooled[:len(texts)], dim=-1).numpy()
+            pair_pooled = pooled[len(texts):].numpy()
+        fresh = 1.0 / (1.0 + np.exp(-np.clip(pair_pooled @ self.weight + self.bias, -30, 30)))
+        found = {item: float(p) for item, p in zip(items, fresh)}
+        with self._lock:
+            self._cache.update(found)
+            while len(self._cache) > self.CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return vectors, found
+
+    def known(self, item: tuple[str, str]) -> bool:
+        """Whether the pair's score is cached."""
+        with self._lock:
+            return item in self._cache
 
     @classmethod
-    def load(cls, folder: str | Path, fix: str = "") -> "RelationCheck":
+    def load(cls, folder: str | Path, fix: str = "", embedder: Any = None) -> "RelationCheck":
         """The check in ``folder``, checked against its SHA-256; ModelPackageError (ending in
         ``fix``, how to rebuild it) when it is missing or damaged."""
         from safetensors.numpy import load_file
+
+        from memedit.embeddings import get_embedder
 
         folder = Path(folder)
         meta_path, weights = folder / CHECK_META, folder / CHECK_FILE
@@ -102,31 +121,41 @@ class RelationCheck:
         meta = read_checked_meta(meta_path, weights, fix, "the relation check")
         if meta.get("base_model_sha256") != MINILM_SHA256 or meta.get("rank") != RANK:
             raise ModelPackageError(f"{meta_path} was made for another MiniLM or adapter size; {fix}")
+        embedder = embedder or get_embedder()
+        if embedder.forward is None:
+            raise ModelPackageError(f"the relation check runs on the packaged MiniLM's encoder, which {embedder.name!r} is not")
         arrays = load_file(str(weights))
-        model, tokenizer = load_minilm()
-        merge_adapters(model, arrays)
-        model.eval()
-        encoder = BertForward.of(model, matmul_dtype()) or model
-        return cls(encoder, tokenizer, arrays["classifier.weight"], float(arrays["classifier.bias"]), meta["threshold"], meta)
+        return cls(embedder, adapters(arrays), arrays["classifier.weight"], float(arrays["classifier.bias"]), meta["threshold"], meta)
 
 
-def encode_pairs(tokenizer: Any, items: Sequence[tuple[str, str]], pad_to: int | None = None) -> dict[str, Any]:
+def adapters(arrays: dict[str, np.ndarray]) -> list[tuple[tuple[Any, Any], ...]]:
+    """Per layer, the low-rank factors ``(a, b)`` of its four products as ``BertForward`` runs
+    them (query, key and value in one), ``SCALE`` folded into ``b``."""
+    import torch
+
+    def pair(name: str) -> tuple[Any, Any]:
+        return torch.from_numpy(arrays[f"{name}.A"]).float(), SCALE * torch.from_numpy(arrays[f"{name}.B"]).float()
+
+    layers = sorted({int(key.split(".")[0]) for key in arrays if key[0].isdigit()})
+    out = []
+    for i in layers:
+        q, k, v, attention_out, up, down = (pair(f"{i}.{target}") for target in TARGETS)
+        qkv = (torch.cat([q[0], k[0], v[0]]), torch.block_diag(q[1], k[1], v[1]))
+        out.append((qkv, attention_out, up, down))
+    return out
+
+
+def encode_pairs(tokenizer: Any, items: Sequence[tuple[str, str]], padded: bool = True) -> Any:
+    """The pairs as the check reads them, one sequence each of at most ``MAX_LENGTH`` tokens:
+    a padded batch of tensors (training), or with ``padded`` False the lists of token ids."""
     questions, statements = zip(*items)
     # One token type: the encoder is the sentence model's, which only ever saw type 0.
-    return tokenizer(list(questions), list(statements), truncation=True, max_length=MAX_LENGTH, padding=True,
-                     pad_to_multiple_of=pad_to, return_token_type_ids=False, return_tensors="pt")
+    options = {"truncation": True, "max_length": MAX_LENGTH, "return_token_type_ids": False}
+    if not padded:
+        return tokenizer(list(questions), list(statements), **options)["input_ids"]
+    return tokenizer(list(questions), list(statements), padding=True, return_tensors="pt", **options)
 
 
 def mean_pool(hidden: Any, attention_mask: Any) -> Any:
     mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-
-
-def merge_adapters(model: Any, arrays: dict[str, np.ndarray]) -> None:
-    """Add each adapter (``SCALE * B @ A``) into its matrix."""
-    import torch
-
-    with torch.no_grad():
-        for name, linear in adapted_layers(model):
-            a, b = (torch.from_numpy(arrays[f"{name}.{part}"]) for part in ("A", "B"))
-            linear.weight += SCALE * (b @ a)

@@ -145,16 +145,58 @@ def template_pairs(path: str | Path = TEMPLATES, seed: int = 0, per_question: in
     return pairs
 
 
+def compound_pairs(path: str | Path = TEMPLATES, seed: int = 0, per_relation: int = 3) -> list[ScopePair]:
+    """Questions that ask two hops at once ("Where was the CEO of X born?"), as a multi-hop
+    router's sub-questions sometimes do: in scope of the first hop's edit about X (the CEO of
+    X), out of scope of X's other edits, the second hop's relation about X included. A
+    relation is a first hop where the templates give what its target is (``target_type``)
+    and a noun for it (``noun``); the second hop is a question of a relation of that type."""
+    from memedit.edit import Edit
+
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    rng = random.Random(seed)
+    relations, names = data["relations"], data["names"]
+    group = dict(zip((r["name"] for r in relations), relation_groups(relations)))
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for relation in relations:
+        by_type.setdefault(relation["subject_type"], []).append(relation)
+
+    def edit(relation: dict[str, Any], subject: str) -> Edit:
+        return Edit(subject=subject, prompt=rng.choice(relation["prompts"]), target=rng.choice(relation["target_examples"]))
+
+    pairs: list[ScopePair] = []
+    for first in relations:
+        seconds = by_type.get(first.get("target_type", ""), [])
+        if not seconds or not first.get("noun"):
+            continue
+        for _ in range(per_relation):
+            subject = rng.choice(names[first["subject_type"]])
+            second = rng.choice(seconds)
+            phrase = rng.choice((f"the {first['noun']} of {subject}", f"{subject}'s {first['noun']}"))
+            text = rng.choice(second["questions"]).replace("{}", phrase, 1)
+            own = edit(first, subject)
+            pairs.append(ScopePair(text, own.statement, 1, "template_compound", own))
+            others = [r for r in by_type[first["subject_type"]] if group[r["name"]] != group[first["name"]]]
+            if group[second["name"]] != group[first["name"]] and second in others:
+                others.remove(second)
+                wrong = edit(second, subject)  # "Where was the CEO of X born?" does not ask where X was founded
+                pairs.append(ScopePair(text, wrong.statement, 0, "template_compound_other_relation", wrong))
+            for other in rng.sample(others, min(1, len(others))):
+                wrong = edit(other, subject)
+                pairs.append(ScopePair(text, wrong.statement, 0, "template_compound_other_relation", wrong))
+    return pairs
+
+
 def default_training_pairs(seed: int = 0, embedder: Any = None) -> list[ScopePair]:
     """What the shipped head is trained on: KnowEdit cases 200-799, the template pairs
-    (their negatives the relations nearest to each question's, by MiniLM) and the pairs of
-    ``data/scope_questions.jsonl``."""
+    (their negatives the relations nearest to each question's, by MiniLM) with the compound
+    questions built from them, and the pairs of ``data/scope_questions.jsonl``."""
     from memedit.embeddings import get_embedder
 
     embed = (embedder or get_embedder()).encode
     pairs = knowedit_training_pairs(seed=seed)
     for round_ in range(TEMPLATE_ROUNDS):
-        pairs += template_pairs(seed=seed + round_, embed=embed)
+        pairs += template_pairs(seed=seed + round_, embed=embed) + compound_pairs(seed=seed + round_)
     return pairs + question_pairs(QUESTIONS)
 
 
@@ -506,7 +548,7 @@ def train_check(train_pairs: Sequence[Any], held_pairs: Sequence[Any], out: str 
             "final_loss": round(float(np.mean(losses[-max(1, len(losses) // 10):])), 4),
             "seconds": round(time.perf_counter() - started, 1), "sha256": sha256_file(folder / CHECK_FILE)}
     write_atomic(folder / CHECK_META, (json.dumps(meta, indent=2) + "\n").encode())
-    check = RelationCheck.load(folder, fix=f"rebuild it with: {TRAIN_COMMAND} --out {folder}")  # as a user will run it: adapters added into the matrices
+    check = RelationCheck.load(folder, fix=f"rebuild it with: {TRAIN_COMMAND} --out {folder}")  # as a user will run it
     labels = np.array([p.label for p in held_pairs])
     scores = check.scores([(p.question, p.statement) for p in held_pairs])
     threshold = plateau_threshold(scores, labels)

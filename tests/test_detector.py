@@ -151,6 +151,31 @@ def test_template_pairs_put_same_as_questions_in_scope_and_take_near_relations_a
     assert asked_owner and not any("parent company" in p.edit.prompt.lower() for p in asked_owner)
 
 
+def test_a_compound_question_is_in_scope_of_its_first_hop_and_of_no_other_edit_of_the_subject():
+    from memedit.retrievers.scope_training import TEMPLATES, compound_pairs
+
+    relations = json.loads(TEMPLATES.read_text(encoding="utf-8"))["relations"]
+    group = dict(zip((r["name"] for r in relations), relation_groups(relations)))
+    nouns = {r["noun"] for r in relations if r.get("target_type") and r.get("noun")}
+    pairs = compound_pairs(seed=0)
+    assert pairs == compound_pairs(seed=0) and pairs != compound_pairs(seed=1)
+    by_question: dict[str, list] = {}
+    for p in pairs:
+        by_question.setdefault(p.question, []).append(p)
+    assert len(by_question) > 100
+    for question, asked in by_question.items():
+        (first,) = [p for p in asked if p.label == 1]
+        subject = first.edit.subject
+        # the first hop is asked through its noun: "the CEO of X" or "X's CEO", inside another relation's question
+        assert any(f"the {noun} of {subject}" in question or f"{subject}'s {noun}" in question for noun in nouns), question
+        others = [p for p in asked if p.label == 0]
+        assert others and all(p.edit.subject == subject for p in others)
+        def groups(prompt: str) -> set[int]:
+            return {group[r["name"]] for r in relations if prompt in r["prompts"]}
+
+        assert all(groups(p.edit.prompt).isdisjoint(groups(first.edit.prompt)) for p in others), question
+
+
 
 def test_the_bank_scores_each_relation_by_its_closest_row_and_can_hold_rows_out():
     vectors = np.eye(4, dtype=np.float32)[[0, 1, 2, 3]]
@@ -575,15 +600,47 @@ def test_a_question_warmed_on_another_thread_is_decided_without_embedding_and_th
         thread.join()
         recording.texts.clear()
         checked = []
-        forward = warm.classifier.check._forward
-        warm.classifier.check._forward = lambda items: checked.append(items) or forward(items)
+        forward = warm.classifier.check.embed_and_score
+        warm.classifier.check.embed_and_score = lambda texts, items: checked.append(items) or forward(texts, items)
         decided = warm.decide(question)
-        del warm.classifier.check._forward
+        del warm.classifier.check.embed_and_score
         assert recording.texts == [] and checked == []  # every vector and check score it needs was ready
         expected = cold.decide(question)
         assert [(v.edit.id, round(v.score, 6), v.in_scope) for v in decided.verdicts] == \
             [(v.edit.id, round(v.score, 6), v.in_scope) for v in expected.verdicts]
     assert warm.decide("Who employs Marisol Quenby?").best.id == work.id
+
+
+def test_a_question_and_its_relation_check_pairs_share_one_encoder_pass(open_memory, db_path, embedder):
+    memory = open_memory(db_path, embedder=embedder)
+    memory.add(subject="Marisol Quenby", prompt="{} works for", target="the Lisbon Botanical Institute")
+    memory.add(subject="Marisol Quenby", prompt="{} was born in", target="Tavrin")
+    memory.add(statement="The Pellory Island ferry does not run on Sundays.")
+    fused = ScopeDetector(memory, EditScope(embedder.real))  # the packaged MiniLM itself, as a user's detector has it
+    assert fused.classifier.check.embedder is embedder.real
+    passes = []
+    run = fused.classifier.check.embed_and_score
+    fused.classifier.check.embed_and_score = lambda texts, items: passes.append((list(texts), list(items))) or run(texts, items)
+    question = "Which company does marisol quenby work for nowadays?"  # asked nowhere else: no pair of it is cached
+    decided = fused.decide(question)
+    (texts, items), *later = passes  # one pass: the question, its masked form and both pairs
+    assert texts[0] == question and len(texts) == 2 and "marisol quenby" not in texts[1]
+    assert len(items) == 2 and all("marisol quenby" not in q.lower() for q, _ in items)
+    # judging asks again only for what the first pass could not know: a turned-down pair with the typical target
+    typical = [v.reason for v in decided.verdicts if "relation_check_typical_target" in v.reason]
+    assert [(t, len(i)) for t, i in later] == ([([], len(typical))] if typical else [])
+    # the same decision as a detector whose check runs apart, its own check scoring afresh
+    from memedit.retrievers.relation_check import RelationCheck
+
+    apart = EditScope(embedder.real, check=RelationCheck.load(HEAD_DIR), one_pass=False)
+    apart_passes = []
+    run_apart = apart.check.embed_and_score
+    apart.check.embed_and_score = lambda texts, items: apart_passes.append(list(texts)) or run_apart(texts, items)
+    expected = ScopeDetector(memory, apart).decide(question)
+    assert apart_passes and not any(apart_passes)  # the check's passes held pairs only
+    assert [v.edit.id for v in decided.verdicts] == [v.edit.id for v in expected.verdicts]
+    assert [v.in_scope for v in decided.verdicts] == [v.in_scope for v in expected.verdicts] == [True, False, False]
+    assert np.allclose([v.score for v in decided.verdicts], [v.score for v in expected.verdicts], atol=1e-3)
 
 
 def test_scope_questions_become_pairs_with_their_edit_and_against_their_group_s_other_edits(tmp_path):

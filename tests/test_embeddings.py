@@ -113,3 +113,26 @@ def test_the_lean_forward_matches_the_module_and_refuses_what_it_does_not_know()
             assert "token type" in str(err)
         else:
             raise AssertionError("a second token type must be refused")
+
+
+def test_sequences_packed_into_one_pass_pool_as_a_padded_batch_and_adapters_touch_only_their_own():
+    import torch
+
+    module = get_embedder()._model[0].auto_model
+    tokenizer = get_embedder()._model[0].tokenizer
+    forward = BertForward(module)  # float32: the two ways agree to rounding
+    batch = tokenizer(TEXTS, padding=True, truncation=True, max_length=256, return_tensors="pt")
+    ids = [row[mask.bool()].tolist() for row, mask in zip(batch["input_ids"], batch["attention_mask"])]
+    assert len({len(i) for i in ids}) > 1  # lengths differ: packing is not padding
+    with torch.inference_mode():
+        hidden = forward(**batch)
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        want = (hidden * mask).sum(1) / mask.sum(1)
+        got = forward.pooled(ids)
+        assert got.shape == want.shape and torch.abs(got - want).max() < 1e-4
+        generator = torch.Generator().manual_seed(0)
+        adapters = [tuple((torch.randn(8, n_in, generator=generator) * 0.1, torch.randn(n_out, 8, generator=generator) * 0.1)
+                          for n_in, n_out in ((384, 1152), (384, 384), (384, 1536), (1536, 384))) for _ in module.encoder.layer]
+        adapted = forward.pooled(ids, adapters, adapted_from=1)
+    assert torch.abs(adapted[0] - got[0]).max() < 1e-5  # before adapted_from: as without adapters
+    assert (torch.abs(adapted[1:] - got[1:]).amax(dim=1) > 1e-2).all()  # from it on: changed

@@ -31,10 +31,13 @@ def _save(folder, arrays, threshold=0.5):
     (folder / CHECK_META).write_text(json.dumps(meta))
 
 
-def test_adapters_added_into_the_weights_score_as_the_training_model_does(tmp_path, monkeypatch):
+def test_adapters_run_beside_the_embedder_s_matrices_score_as_the_training_model_does(tmp_path):
     import torch
 
-    monkeypatch.setenv("MEMEDIT_EMBED_PRECISION", "float32")
+    from memedit.embeddings import Embedder, get_embedder
+
+    # the embedder's encoder in float32 (the process-wide one may run bfloat16, 0.003 away)
+    exact = Embedder(get_embedder().name, get_embedder()._model, precision="float32")
     adapted = AdaptedMiniLM(seed=3)
     generator = torch.Generator().manual_seed(4)
     with torch.no_grad():  # B starts at zero; give every adapter and the classifier weights that change the output
@@ -45,11 +48,11 @@ def test_adapters_added_into_the_weights_score_as_the_training_model_does(tmp_pa
     with torch.no_grad():
         expected = torch.sigmoid(adapted.logits(PAIRS)).numpy()
     _save(tmp_path / "check", adapted.arrays())
-    got = RelationCheck.load(tmp_path / "check").scores(PAIRS)
+    got = RelationCheck.load(tmp_path / "check", embedder=exact).scores(PAIRS)
     assert np.allclose(got, expected, atol=1e-5), (got, expected)
     zeroed = {k: (np.zeros_like(v) if k.endswith(".B") else v) for k, v in adapted.arrays().items()}
     _save(tmp_path / "plain", zeroed)
-    assert not np.allclose(RelationCheck.load(tmp_path / "plain").scores(PAIRS), expected, atol=1e-3)
+    assert not np.allclose(RelationCheck.load(tmp_path / "plain", embedder=exact).scores(PAIRS), expected, atol=1e-3)
 
 
 def test_a_damaged_check_is_refused_with_the_command_that_rebuilds_it(tmp_path):
