@@ -17,11 +17,14 @@ Two measurements, every detector in the same run:
    types them, the same entities' other relations and famous entities; all edits of a file
    in one memory, every question through ``ScopeDetector.decide`` as a router asks it.
    Recall (the right edit), wrong edit, missed, false hits, and the detector's cost per
-   question. Three files by default: ``bench/data/natural_scope_holdout.jsonl`` (the bench
+   question. Four files by default: ``bench/data/natural_scope_holdout.jsonl`` (the bench
    set: no test reads it, nothing trains on it; the mistakes of its odd-numbered half were
    read while developing, never those of the even-numbered half),
    ``bench/data/natural_scope_fresh.jsonl`` (written in the fifteenth round by a helper that
-   saw no other data; its figures chose between two heads, its mistakes were never read)
+   saw no other data; its figures chose between two heads, its mistakes were never read),
+   ``bench/data/natural_scope_fresh2.jsonl`` (written the same way in the sixteenth round,
+   with more questions about the same entities' other relations; its figures chose the
+   head shipped then, and its false hits were read after that choice)
    and ``retrievers/data/scope_questions.jsonl`` (the earlier bench set, whose mistakes
    were read while developing; now training data of the shipped head, so its figures are
    training figures).
@@ -62,6 +65,7 @@ EVAL_CASES = 200
 KINDS = ("reliability", "generality", "portability", "locality", "same_relation", "unrelated")
 NATURAL = [Path(__file__).parent / "data" / "natural_scope_holdout.jsonl",
            Path(__file__).parent / "data" / "natural_scope_fresh.jsonl",
+           Path(__file__).parent / "data" / "natural_scope_fresh2.jsonl",
            Path(__file__).resolve().parent.parent / "retrievers" / "data" / "scope_questions.jsonl"]
 
 
