@@ -9,7 +9,7 @@ masked, statement with the subject masked)``, mean-pooled, then one linear layer
 
 What it learns is small: rank-8 adapters (LoRA) on each matrix product of MiniLM's six
 layers and the linear layer, about 1.3 MB, shipped in ``retrievers/data`` with their SHA-256
-and reproduced by ``memedit scope train`` (about 45 minutes on 2 cores, on the head's pairs,
+and reproduced by ``memedit scope train`` (about 70 minutes on 2 cores, on the head's pairs,
 masked, and the same pairs unmasked). It runs on the embedder's own encoder (no second copy
 of MiniLM), the adapters' low-rank products added beside its matrix products, so the question's
 embeddings and the check's pairs can share one pass (:meth:`RelationCheck.embed_and_score`).

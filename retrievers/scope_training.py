@@ -12,14 +12,15 @@ subject and random other prompts are out (:func:`memedit.retrievers.scope.scope_
 Then question-shaped pairs from our hand-written relation templates
 (``data/relation_templates.json``: how people ask for 185 relations, about invented
 entities), each question against the edit of its relation and against edits of other
-relations of the same entity. Each pair whose question names the subject also appears in
+relations of the same entity, and compound questions built from them ("Where was the CEO of
+X born?": in scope of the first hop's edit, ``compound_pairs``). Each pair whose question names the subject also appears in
 a user's forms of typing it: lower case, one typo in the name, only part of the name.
 Then people's questions of ``data/scope_questions.jsonl`` (``question_pairs``), and
 ``--extra FILE`` adds the user's own labelled questions (the same JSONL format, that of
 ``memedit scope eval``).
 
-The head is fitted on 90 % of the statements; its threshold is the F1-max one on the
-other 10 %. The relation check (:mod:`.relation_check`) is then fitted on the same split:
+The head is fitted on 90 % of the statements; its threshold is the middle of the F1
+plateau on the other 10 % (``plateau_threshold``). The relation check (:mod:`.relation_check`) is then fitted on the same split:
 the pairs whose question names the subject, masked as it reads them, and every pair as it is. Deterministic for a seed on one machine; a few minutes on 2 cores, most of
 it embedding the texts.
 """
