@@ -89,6 +89,25 @@ TEMPLATES = Path(__file__).parent / "data" / "relation_templates.json"
 QUESTIONS = Path(__file__).parent / "data" / "scope_questions.jsonl"
 
 
+def read_templates(path: str | Path = TEMPLATES) -> tuple[list[dict[str, Any]], dict[str, list[str]], dict[str, int],
+                                                           dict[str, list[dict[str, Any]]]]:
+    """(the relations, the invented names by type, each relation's ``same_as`` group by name,
+    the relations by subject type) of a templates file."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    relations = data["relations"]
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for relation in relations:
+        by_type.setdefault(relation["subject_type"], []).append(relation)
+    return relations, data["names"], dict(zip((r["name"] for r in relations), relation_groups(relations))), by_type
+
+
+def template_edit(rng: random.Random, relation: dict[str, Any], subject: str) -> Any:
+    """An edit of ``relation`` about ``subject``: one of its prompts, one of its example targets."""
+    from memedit.edit import Edit
+
+    return Edit(subject=subject, prompt=rng.choice(relation["prompts"]), target=rng.choice(relation["target_examples"]))
+
+
 def template_pairs(path: str | Path = TEMPLATES, seed: int = 0, per_question: int = 2,
                    embed: Callable[[Sequence[str]], np.ndarray] | None = None) -> list[ScopePair]:
     """Question-shaped pairs from our hand-written relation templates (``data/relation_templates.json``:
@@ -99,19 +118,8 @@ def template_pairs(path: str | Path = TEMPLATES, seed: int = 0, per_question: in
     the same relation about another entity. With ``embed``, the other relations are the
     ones people most easily confuse with it (nearest by their questions' mean vector:
     a birth year for a birthplace), and one more at random."""
-    from memedit.edit import Edit
-
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    relations, names, group, by_type = read_templates(path)
     rng = random.Random(seed)
-    relations, names = data["relations"], data["names"]
-    by_type: dict[str, list[dict[str, Any]]] = {}
-    for relation in relations:
-        by_type.setdefault(relation["subject_type"], []).append(relation)
-
-    def edit(relation: dict[str, Any], subject: str) -> Edit:
-        return Edit(subject=subject, prompt=rng.choice(relation["prompts"]), target=rng.choice(relation["target_examples"]))
-
-    group = dict(zip((r["name"] for r in relations), relation_groups(relations)))
     near = None if embed is None else relation_similarity(relations, embed)
     pairs: list[ScopePair] = []
     for relation in relations:
@@ -123,10 +131,10 @@ def template_pairs(path: str | Path = TEMPLATES, seed: int = 0, per_question: in
         for question in relation["questions"]:
             subject = rng.choice(pool)
             text = question.replace("{}", subject, 1)
-            own = edit(relation, subject)
+            own = template_edit(rng, relation, subject)
             pairs.append(ScopePair(text, own.statement, 1, "template", own))
             for alike in same:  # asked with the same words: in scope of each other's edits
-                twin = edit(alike, subject)
+                twin = template_edit(rng, alike, subject)
                 pairs.append(ScopePair(text, twin.statement, 1, "template_same_as", twin))
             if ranked is None:
                 chosen = rng.sample(others, min(per_question, len(others)))
@@ -137,11 +145,11 @@ def template_pairs(path: str | Path = TEMPLATES, seed: int = 0, per_question: in
             for other in chosen:
                 if other["subject_type"] not in (relation["subject_type"],):
                     continue
-                wrong = edit(other, subject)
+                wrong = template_edit(rng, other, subject)
                 pairs.append(ScopePair(text, wrong.statement, 0, "template_other_relation", wrong))
             stranger = rng.choice([n for n in pool if n != subject] or pool)
             if stranger != subject:
-                elsewhere = edit(relation, stranger)
+                elsewhere = template_edit(rng, relation, stranger)
                 pairs.append(ScopePair(text, elsewhere.statement, 0, "template_other_subject", elsewhere))
     return pairs
 
@@ -152,19 +160,8 @@ def compound_pairs(path: str | Path = TEMPLATES, seed: int = 0, per_relation: in
     X), out of scope of X's other edits, the second hop's relation about X included. A
     relation is a first hop where the templates give what its target is (``target_type``)
     and a noun for it (``noun``); the second hop is a question of a relation of that type."""
-    from memedit.edit import Edit
-
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    relations, names, group, by_type = read_templates(path)
     rng = random.Random(seed)
-    relations, names = data["relations"], data["names"]
-    group = dict(zip((r["name"] for r in relations), relation_groups(relations)))
-    by_type: dict[str, list[dict[str, Any]]] = {}
-    for relation in relations:
-        by_type.setdefault(relation["subject_type"], []).append(relation)
-
-    def edit(relation: dict[str, Any], subject: str) -> Edit:
-        return Edit(subject=subject, prompt=rng.choice(relation["prompts"]), target=rng.choice(relation["target_examples"]))
-
     pairs: list[ScopePair] = []
     for first in relations:
         seconds = by_type.get(first.get("target_type", ""), [])
@@ -175,15 +172,15 @@ def compound_pairs(path: str | Path = TEMPLATES, seed: int = 0, per_relation: in
             second = rng.choice(seconds)
             phrase = rng.choice((f"the {first['noun']} of {subject}", f"{subject}'s {first['noun']}"))
             text = rng.choice(second["questions"]).replace("{}", phrase, 1)
-            own = edit(first, subject)
+            own = template_edit(rng, first, subject)
             pairs.append(ScopePair(text, own.statement, 1, "template_compound", own))
             others = [r for r in by_type[first["subject_type"]] if group[r["name"]] != group[first["name"]]]
             if group[second["name"]] != group[first["name"]] and second in others:
                 others.remove(second)
-                wrong = edit(second, subject)  # "Where was the CEO of X born?" does not ask where X was founded
+                wrong = template_edit(rng, second, subject)  # "Where was the CEO of X born?" does not ask where X was founded
                 pairs.append(ScopePair(text, wrong.statement, 0, "template_compound_other_relation", wrong))
             for other in rng.sample(others, min(1, len(others))):
-                wrong = edit(other, subject)
+                wrong = template_edit(rng, other, subject)
                 pairs.append(ScopePair(text, wrong.statement, 0, "template_compound_other_relation", wrong))
     return pairs
 
