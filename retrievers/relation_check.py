@@ -123,7 +123,8 @@ class RelationCheck:
             raise ModelPackageError(f"{meta_path} was made for another MiniLM or adapter size; {fix}")
         embedder = embedder or get_embedder()
         if embedder.forward is None:
-            raise ModelPackageError(f"the relation check runs on the packaged MiniLM's encoder, which {embedder.name!r} is not")
+            raise ModelPackageError(f"the relation check runs on the packaged MiniLM's encoder, which {embedder.name!r} is not; "
+                                    "load it without an embedder (it takes memedit.embeddings.get_embedder())")
         arrays = load_file(str(weights))
         return cls(embedder, adapters(arrays), arrays["classifier.weight"], float(arrays["classifier.bias"]), meta["threshold"], meta)
 
