@@ -477,7 +477,8 @@ def _relations_named(words: str, phrases: Sequence[tuple[str, int]]) -> set[int]
 
 
 def relation_clash(question: str, prompt: str) -> tuple[str, str] | None:
-    """Where the question asks a sibling of the edit's relation (:data:`SIBLING_RELATIONS`):
+    """Where the question asks a sibling of the edit's relation (:data:`SIBLING_RELATIONS`, or
+    the same role with a :data:`ROLE_QUALIFIERS` word before it on one side only):
     (the relation asked, the relation stated), e.g. ("vice chancellor", "chancellor"); else
     None. Give the question with the edit's subject masked."""
     asked_words, stated_words = _words(question), _words(prompt)
@@ -488,4 +489,19 @@ def relation_clash(question: str, prompt: str) -> tuple[str, str] | None:
         asked = _relations_named(asked_words, phrases)
         if asked and not asked & stated:
             return group[min(asked)][0], group[min(stated)][0]
+    return _qualified_role(asked_words, stated_words) or _qualified_role(stated_words, asked_words, swap=True)
+
+
+# A word before a role that makes it another role: the vice president is not the president,
+# the assistant coach not the head coach, the former CEO not the CEO.
+ROLE_QUALIFIERS = ("vice", "deputy", "assistant", "former", "ex")
+
+
+def _qualified_role(words: str, other: str, swap: bool = False) -> tuple[str, str] | None:
+    """Where ``words`` name a qualified role ("vice president") whose role word ``other``
+    names unqualified: (the qualified role, the role), in (asked, stated) order."""
+    for match in re.finditer(rf" (?:{'|'.join(ROLE_QUALIFIERS)}) ([a-z]+)(?= )", words):
+        qualified, role = match.group(0).strip(), match.group(1)
+        if f" {role} " in other and f" {qualified} " not in other:
+            return (role, qualified) if swap else (qualified, role)
     return None

@@ -102,6 +102,12 @@ def test_the_kind_of_answer_asked_for_must_fit_the_target():
     ("Who runs [X]?", "The chief executive officer of {} is", None),  # a loose word: no call made
     ("Who is the son/daughter of [X]?", "Who was {}'s father?", None),  # family ties: ZsRE's own convention
     ("What is the capital of [X]?", "The official language of {} is", None),  # not siblings: other features judge it
+    ("Who is the vice president of [X]?", "The president of {} is", ("vice president", "president")),
+    ("who's the assistant coach at [X]", "The head coach of {} is", ("assistant coach", "coach")),
+    ("Who is the mayor of [X]?", "The deputy mayor of {} is", ("mayor", "deputy mayor")),  # the other way round
+    ("Who was the former CEO of [X]?", "The CEO of {} is", ("former ceo", "ceo")),
+    ("Who is the deputy mayor of [X]?", "The deputy mayor of {} is", None),  # qualified on both sides
+    ("Who is [X]'s ex-wife?", "{} is married to", None),  # no role word shared: other features judge it
 ])
 def test_a_question_asking_a_sibling_of_the_edit_s_relation_is_told_apart(question, prompt, clash):
     assert relation_clash(question, prompt) == clash
@@ -133,7 +139,7 @@ def test_relations_people_ask_with_the_same_words_are_one_relation_in_the_bank()
 
 
 def test_template_pairs_put_same_as_questions_in_scope_and_take_near_relations_as_negatives(embedder):
-    from memedit.retrievers.scope_training import template_pairs
+    from memedit.retrievers.scope_training import TEMPLATES, template_pairs
 
     pairs = template_pairs(seed=0, embed=embedder.encode)
     twins = [p for p in pairs if p.kind == "template_same_as"]
@@ -148,7 +154,9 @@ def test_template_pairs_put_same_as_questions_in_scope_and_take_near_relations_a
     # (what X itself owns, its subsidiaries, is another relation and may be one)
     owner = re.compile(r"\bwho owns\b|\bowner of\b|\bowned\?|\bowner\b")
     asked_owner = [p for p in pairs if p.kind == "template_other_relation" and owner.search(p.question.lower())]
-    assert asked_owner and not any("parent company" in p.edit.prompt.lower() for p in asked_owner)
+    relations = json.loads(TEMPLATES.read_text(encoding="utf-8"))["relations"]
+    parent = {prompt for r in relations if r["name"] == "parent_company" for prompt in r["prompts"]}
+    assert asked_owner and not any(p.edit.prompt in parent for p in asked_owner)
 
 
 def test_a_compound_question_is_in_scope_of_its_first_hop_and_of_no_other_edit_of_the_subject():
