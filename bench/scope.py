@@ -17,14 +17,17 @@ Two measurements, every detector in the same run:
    types them, the same entities' other relations and famous entities; all edits of a file
    in one memory, every question through ``ScopeDetector.decide`` as a router asks it.
    Recall (the right edit), wrong edit, missed, false hits, and the detector's cost per
-   question. Four files by default: ``bench/data/natural_scope_holdout.jsonl`` (the bench
+   question. Five files by default: ``bench/data/natural_scope_holdout.jsonl`` (the bench
    set: no test reads it, nothing trains on it; the mistakes of its odd-numbered half were
    read while developing, never those of the even-numbered half),
    ``bench/data/natural_scope_fresh.jsonl`` (written in the fifteenth round by a helper that
    saw no other data; its figures chose between two heads, its mistakes were never read),
    ``bench/data/natural_scope_fresh2.jsonl`` (written the same way in the sixteenth round,
    with more questions about the same entities' other relations; its figures chose the
-   head shipped then, and its false hits were read after that choice)
+   head shipped then, and its false hits were read after that choice),
+   ``bench/data/natural_scope_fresh3.jsonl`` (written the same way in the seventeenth round,
+   asked for neighbouring relations by kind, from the same list that gave that round's new
+   template relations, so it favours them; its figures made that round's choices)
    and ``retrievers/data/scope_questions.jsonl`` (the earlier bench set, whose mistakes
    were read while developing; now training data of the shipped head, so its figures are
    training figures).
@@ -66,6 +69,7 @@ KINDS = ("reliability", "generality", "portability", "locality", "same_relation"
 NATURAL = [Path(__file__).parent / "data" / "natural_scope_holdout.jsonl",
            Path(__file__).parent / "data" / "natural_scope_fresh.jsonl",
            Path(__file__).parent / "data" / "natural_scope_fresh2.jsonl",
+           Path(__file__).parent / "data" / "natural_scope_fresh3.jsonl",
            Path(__file__).resolve().parent.parent / "retrievers" / "data" / "scope_questions.jsonl"]
 
 
