@@ -348,8 +348,8 @@ class EditScope:
         return [Verdict(e, float(s), bool(s >= self.threshold), r) for e, s, r in zip(edits, scores, reasons)]
 
     def _check(self, scores: np.ndarray, reasons: list[dict[str, Any]]) -> None:
-        """Move the head's scores of the pairs whose question names the subject (the head judges
-        those) by the relation check's, unless a rule already ruled the edit out or the edit
+        """Move the head's scores of the pairs whose question names the subject, or names the
+        target and not the subject (the head judges those), by the relation check's, unless a rule already ruled the edit out or the edit
         has no target (an erase, whose statement the check was never trained on)."""
         pairs = {i: reason["_pair"] for i, reason in enumerate(reasons) if "_pair" in reason and not _ruled_out(reason)}
         typical = {i: reasons[i]["_typical"] for i in pairs if "_typical" in reasons[i]}
@@ -424,6 +424,10 @@ class EditScope:
                 sibling = relation_clash(asked_text, edit.prompt)
                 if sibling:
                     reason["relation_clash"] = f"the question asks for the {sibling[0]}; the edit states the {sibling[1]}"
+            elif edit.subject is not None and scalars["target_named"] > 0.5:
+                pair = target_pair(question, edit)
+                if pair is not None:
+                    reason["_pair"] = pair  # the check reads it the other way round (judge removes it)
             reasons.append(reason)
         return np.stack(rows).astype(np.float32), reasons
 
@@ -515,6 +519,16 @@ def check_pair(edit: Any, mention: Mention | None, asked: str) -> tuple[str, str
     if mention is None or edit.subject is None or edit.target is None:
         return None
     return asked, mask_subject(edit)
+
+
+def target_pair(question: str, edit: Any) -> tuple[str, str] | None:
+    """What the relation check reads where the question names the edit's target but not its
+    subject: the question and the statement with the target masked in both. An inverse
+    question ("Who is the son of Y?" for "The father of X is Y") asks the edit's relation of
+    the target, and passes; another question about the target ("Who is Y married to?" for
+    "The head chef of X is Y") does not."""
+    mention = find_mention(question, edit.target)
+    return None if mention is None else (mask(question, mention), mask_statement(edit.statement, edit.target))
 
 
 def typical_statement(edit_bank: np.ndarray | None, masked: str, target: str, targets: Sequence[str | None]) -> str | None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from memedit.edit import Edit
 from memedit.errors import ArgumentError, ModelPackageError
 from memedit.eval.scope_eval import evaluate_scope, load_scope_questions
 from memedit.retrievers.detector import FREE_TEXT_COSINE, HEAD_DIR, NAMED_FREE_TEXT_COSINE, EditScope, NameIndex, ScopeDetector, load_head
@@ -224,8 +225,6 @@ def test_one_call_may_embed_more_texts_than_the_cache_holds(embedder):
 
 
 def test_an_edit_s_side_of_the_bank_is_scored_once_and_gives_the_same_verdicts(embedder):
-    from memedit.edit import Edit
-
     fresh, reused = EditScope(embedder), EditScope(embedder)
     edits = [Edit(subject="Quillmark Systems", prompt="The CEO of {} is", target="Ottilie Brask"),
              Edit(subject="Quillmark Systems", prompt="{} is headquartered in", target="Orsington")]
@@ -361,6 +360,14 @@ def test_a_sibling_relation_is_out_of_scope_and_the_trace_says_why(open_memory, 
     record = decision.verdicts[0].record()
     assert record["relation_clash"] == "the question asks for the vice chancellor; the edit states the chancellor"
     assert "relation_check" not in record and record["scope_score"] < scope.threshold  # no check's pass spent on it
+
+
+def test_a_question_naming_only_the_target_is_in_scope_when_it_asks_the_edit_s_relation_the_other_way(scope):
+    chef = Edit(subject="The Copper Wren", prompt="The head chef of the restaurant {} is", target="Ilario Venndale")
+    inverse, other = scope.judge("Which restaurant is Ilario Venndale the head chef of?", [chef])[0], \
+        scope.judge("Who is Ilario Venndale married to?", [chef])[0]
+    assert inverse.in_scope and not other.in_scope
+    assert other.reason["relation_check"] < scope.check.threshold <= inverse.reason["relation_check"]
 
 
 def test_a_new_edit_a_supersede_and_a_retraction_apply_at_the_next_question(people, scope):
