@@ -349,8 +349,9 @@ class EditScope:
 
     def _check(self, scores: np.ndarray, reasons: list[dict[str, Any]]) -> None:
         """Move the head's scores of the pairs whose question names the subject, or names the
-        target and not the subject (the head judges those), by the relation check's, unless a rule already ruled the edit out or the edit
-        has no target (an erase, whose statement the check was never trained on)."""
+        target and not the subject (the head judges those), by the relation check's, unless a
+        rule already ruled the edit out or the edit has no target (an erase, whose statement
+        the check was never trained on)."""
         pairs = {i: reason["_pair"] for i, reason in enumerate(reasons) if "_pair" in reason and not _ruled_out(reason)}
         typical = {i: reasons[i]["_typical"] for i in pairs if "_typical" in reasons[i]}
         for reason in reasons:
