@@ -17,7 +17,7 @@ Two measurements, every detector in the same run:
    types them, the same entities' other relations and famous entities; all edits of a file
    in one memory, every question through ``ScopeDetector.decide`` as a router asks it.
    Recall (the right edit), wrong edit, missed, false hits, and the detector's cost per
-   question. Five files by default: ``bench/data/natural_scope_holdout.jsonl`` (the bench
+   question. Six files by default: ``bench/data/natural_scope_holdout.jsonl`` (the bench
    set: no test reads it, nothing trains on it; the mistakes of its odd-numbered half were
    read while developing, never those of the even-numbered half),
    ``bench/data/natural_scope_fresh.jsonl`` (written in the fifteenth round by a helper that
@@ -27,7 +27,10 @@ Two measurements, every detector in the same run:
    head shipped then, and its false hits were read after that choice),
    ``bench/data/natural_scope_fresh3.jsonl`` (written the same way in the seventeenth round,
    asked for neighbouring relations by kind, from the same list that gave that round's new
-   template relations, so it favours them; its figures made that round's choices)
+   template relations, so it favours them; its figures made that round's choices),
+   ``bench/data/natural_scope_fresh4.jsonl`` (written the same way in the eighteenth round,
+   its prompt naming no relation; its figures made that round's choices, each candidate run
+   on it once)
    and ``retrievers/data/scope_questions.jsonl`` (the earlier bench set, whose mistakes
    were read while developing; now training data of the shipped head, so its figures are
    training figures).
@@ -47,6 +50,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -57,6 +61,7 @@ from memedit.embeddings import get_embedder
 from memedit.eval.knowedit import load_knowedit
 from memedit.eval.scope_eval import evaluate_scope, load_scope_questions
 from memedit.retrievers.detector import HEAD_DIR, EditScope, StatementScope
+from memedit.retrievers.entities import fold
 from memedit.retrievers.relation_check import RelationCheck
 from memedit.retrievers.scope import DEFAULT_MAX_LENGTH, CrossEncoderScope, EmbeddingScope, ScopePair
 from memedit.model_files import data_dir
@@ -70,6 +75,7 @@ NATURAL = [Path(__file__).parent / "data" / "natural_scope_holdout.jsonl",
            Path(__file__).parent / "data" / "natural_scope_fresh.jsonl",
            Path(__file__).parent / "data" / "natural_scope_fresh2.jsonl",
            Path(__file__).parent / "data" / "natural_scope_fresh3.jsonl",
+           Path(__file__).parent / "data" / "natural_scope_fresh4.jsonl",
            Path(__file__).resolve().parent.parent / "retrievers" / "data" / "scope_questions.jsonl"]
 
 
@@ -98,7 +104,21 @@ def evaluate_pairs(classifier, evaluation: dict[str, list[ScopePair]]) -> dict:
     called = scores >= classifier.threshold
     result["by_kind"] = {kind: {"in_scope_rate": float(called[kinds == kind].mean()), "n": int((kinds == kind).sum())}
                          for kind in KINDS if (kinds == kind).any()}
+    unnamed = np.array([p.label == 1 and not shares_a_word(p.question, getattr(p.edit, "subject", None)) for p in every])
+    positives = int((labels == 1).sum())
+    ceiling = (positives - int(unnamed.sum())) / positives if positives else 0.0
+    result["unnamed"] = {"n": int(unnamed.sum()), "found": int(called[unnamed].sum()), "positives": positives,
+                         "f1_ceiling_without_them": 2 * ceiling / (1 + ceiling) if ceiling else 0.0}
     return result
+
+
+def shares_a_word(question: str, subject: str | None) -> bool:
+    """Whether the question holds a word (three letters or more, accents and case folded) of
+    the edit's subject. KnowEdit's portability prompts sometimes name the subject only by an
+    alias that world knowledge alone links to it ("What is WRAY 16-147?" for the Southern
+    Crab Nebula, "the author of <a paper's title>"); no detector reading the memory finds those."""
+    words = lambda text: {w for w in re.findall(r"[a-z0-9]+", fold(text)) if len(w) >= 3}  # noqa: E731
+    return subject is None or bool(words(subject) & words(question))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,6 +184,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {name} | {r['threshold']:.3f} | {a['precision']:.3f} | {a['recall']:.3f} | {a['f1']:.3f} | "
               f"{100 * k['locality']['in_scope_rate']:.1f} % | {100 * k['same_relation']['in_scope_rate']:.1f} % | "
               f"{100 * k['unrelated']['in_scope_rate']:.1f} % |")
+    u = next(iter(results["detectors"].values()))["knowedit"]["unnamed"]
+    print(f"\nIn-scope pairs whose question shares no word with the edit's subject (an alias only world knowledge "
+          f"links): {u['n']} of {u['positives']}; found: " + ", ".join(f"{name} {r['knowedit']['unnamed']['found']}"
+                                                           for name, r in results["detectors"].items()))
+    print(f"F1 of a detector that finds every other in-scope pair and calls nothing else in scope: "
+          f"{u['f1_ceiling_without_them']:.3f}")
     for file in wordings:
         n = next(iter(results["detectors"].values()))["natural"][file]
         print(f"\nPeople's wordings ({file}: {n['edits']} edits in one memory, {n['edit_questions']} questions "

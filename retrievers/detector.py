@@ -422,13 +422,12 @@ class EditScope:
                                                 self.head.typical_targets)
                     if typical is not None:
                         reason["_typical"] = (asked_text, typical)  # asked if the check turns the pair down (judge removes it)
-                sibling = relation_clash(asked_text, edit.prompt)
-                if sibling:
-                    reason["relation_clash"] = f"the question asks for the {sibling[0]}; the edit states the {sibling[1]}"
+                note_relation_clash(reason, asked_text, edit.prompt)
             elif edit.subject is not None and scalars["target_named"] > 0.5:
                 pair = target_pair(question, edit)
                 if pair is not None:
                     reason["_pair"] = pair  # the check reads it the other way round (judge removes it)
+                    note_relation_clash(reason, pair[0], edit.prompt)  # "the vice head chef Y" for "the head chef of X is Y"
             reasons.append(reason)
         return np.stack(rows).astype(np.float32), reasons
 
@@ -520,6 +519,14 @@ def check_pair(edit: Any, mention: Mention | None, asked: str) -> tuple[str, str
     if mention is None or edit.subject is None or edit.target is None:
         return None
     return asked, mask_subject(edit)
+
+
+def note_relation_clash(reason: dict[str, Any], asked: str, prompt: str) -> None:
+    """Rule the edit out in ``reason`` where ``asked`` (the question, the edit's subject or
+    target masked) asks a sibling of the prompt's relation (``entities.relation_clash``)."""
+    sibling = relation_clash(asked, prompt)
+    if sibling:
+        reason["relation_clash"] = f"the question asks for the {sibling[0]}; the edit states the {sibling[1]}"
 
 
 def target_pair(question: str, edit: Any) -> tuple[str, str] | None:

@@ -370,6 +370,14 @@ def test_a_question_naming_only_the_target_is_in_scope_when_it_asks_the_edit_s_r
     assert other.reason["relation_check"] < scope.check.threshold <= inverse.reason["relation_check"]
 
 
+def test_a_question_naming_only_the_target_that_asks_a_sibling_role_is_out_of_scope(scope):
+    chef = Edit(subject="The Copper Wren", prompt="The head chef of the restaurant {} is", target="Ilario Venndale")
+    vice = scope.judge("Which restaurant is Ilario Venndale the vice head chef of?", [chef])[0]
+    same = scope.judge("Which restaurant is Ilario Venndale the head chef of?", [chef])[0]
+    assert same.in_scope and "relation_clash" not in same.reason
+    assert not vice.in_scope and "vice head" in vice.reason["relation_clash"]
+
+
 def test_a_new_edit_a_supersede_and_a_retraction_apply_at_the_next_question(people, scope):
     memory, work, _ = people
     detector = ScopeDetector(memory, scope)
