@@ -105,10 +105,10 @@ def evaluate_pairs(classifier, evaluation: dict[str, list[ScopePair]]) -> dict:
     result["by_kind"] = {kind: {"in_scope_rate": float(called[kinds == kind].mean()), "n": int((kinds == kind).sum())}
                          for kind in KINDS if (kinds == kind).any()}
     unnamed = np.array([p.label == 1 and not shares_a_word(p.question, getattr(p.edit, "subject", None)) for p in every])
-    positives = int((labels == 1).sum())
-    ceiling = (positives - int(unnamed.sum())) / positives if positives else 0.0
-    result["unnamed"] = {"n": int(unnamed.sum()), "found": int(called[unnamed].sum()), "positives": positives,
-                         "f1_ceiling_without_them": 2 * ceiling / (1 + ceiling) if ceiling else 0.0}
+    positives, found = int((labels == 1).sum()), int(called[unnamed].sum())
+    ceiling = (positives - int(unnamed.sum()) + found) / positives if positives else 0.0  # every named one found too
+    result["unnamed"] = {"n": int(unnamed.sum()), "found": found, "positives": positives,
+                         "f1_if_every_named_pair_were_found": 2 * ceiling / (1 + ceiling) if ceiling else 0.0}
     return result
 
 
@@ -188,8 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nIn-scope pairs whose question shares no word with the edit's subject (an alias only world knowledge "
           f"links): {u['n']} of {u['positives']}; found: " + ", ".join(f"{name} {r['knowedit']['unnamed']['found']}"
                                                            for name, r in results["detectors"].items()))
-    print(f"F1 of a detector that finds every other in-scope pair and calls nothing else in scope: "
-          f"{u['f1_ceiling_without_them']:.3f}")
+    print("F1 if each detector also found every in-scope pair that names the subject, with no false hit: " +
+          ", ".join(f"{name} {r['knowedit']['unnamed']['f1_if_every_named_pair_were_found']:.3f}"
+                    for name, r in results["detectors"].items()))
     for file in wordings:
         n = next(iter(results["detectors"].values()))["natural"][file]
         print(f"\nPeople's wordings ({file}: {n['edits']} edits in one memory, {n['edit_questions']} questions "

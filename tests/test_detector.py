@@ -14,7 +14,7 @@ import pytest
 from memedit.edit import Edit
 from memedit.errors import ArgumentError, ModelPackageError
 from memedit.eval.scope_eval import evaluate_scope, load_scope_questions
-from memedit.retrievers.detector import FREE_TEXT_COSINE, HEAD_DIR, NAMED_FREE_TEXT_COSINE, EditScope, NameIndex, ScopeDetector, load_head
+from memedit.retrievers.detector import FREE_TEXT_COSINE, HEAD_DIR, EditScope, NameIndex, ScopeDetector, load_head
 from memedit.retrievers.entities import (answer_clash, find_mention, mask, name_likeness, relation_clash, relation_words, stem,
                                         statement_names)
 from memedit.retrievers.relations import WH_WORDS, RelationBank, bank_texts, relation_groups, wh_word
@@ -559,11 +559,27 @@ def test_a_free_text_edit_whose_entity_is_named_is_judged_on_what_is_asked_of_it
     asked = detector.decide("can i go to the brackenhurst libary on a tuesday")
     top = asked.verdicts[0]
     assert top.edit.id == fact.id and asked.best is not None and asked.best.id == fact.id
-    assert top.reason["mention"] == "brackenhurst libary" and top.reason["masked_cosine"] >= NAMED_FREE_TEXT_COSINE
+    assert top.reason["mention"] == "brackenhurst libary" and top.reason["relation_check"] >= scope.check.threshold
     assert top.reason["cosine"] < FREE_TEXT_COSINE  # the statement's own cosine would have missed it
     for other in ("How many books does the Brackenhurst Library hold?", "Who founded the Brackenhurst Library?"):
         decision = detector.decide(other)
-        assert decision.best is None and decision.verdicts[0].reason["masked_cosine"] < NAMED_FREE_TEXT_COSINE
+        assert decision.best is None and decision.verdicts[0].reason["relation_check"] < scope.check.threshold
+
+
+def test_one_detail_of_a_free_text_edit_that_says_several_is_in_scope(open_memory, db_path, scope):
+    memory = open_memory(db_path)
+    bus = memory.add(statement="The Harlow Street night bus leaves Dunmere Station at 23:40 and reaches the airport "
+                               "at 00:35, every day except Sunday.")
+    detector = ScopeDetector(memory, scope)
+    for question in ("Does the Harlow Street night bus run on Sundays?", "when does the harlow street night bus get to the airport"):
+        decision = detector.decide(question)
+        assert decision.best is not None and decision.best.id == bus.id
+        assert decision.verdicts[0].reason["relation_check"] >= scope.check.threshold
+    asked = detector.decide("Does the Harlow Street night bus run on Sundays?").verdicts[0]
+    assert asked.reason["cosine"] < FREE_TEXT_COSINE  # the statement's cosine alone misses it
+    for other in ("Who drives the Harlow Street night bus?", "How much is a ticket on the Harlow Street night bus?"):
+        decision = detector.decide(other)
+        assert decision.best is None and decision.verdicts[0].reason["relation_check"] < scope.check.threshold
 
 
 @pytest.mark.parametrize("statement, names", [
