@@ -14,7 +14,7 @@ import pytest
 from memedit.edit import Edit
 from memedit.errors import ArgumentError, ModelPackageError
 from memedit.eval.scope_eval import evaluate_scope, load_scope_questions
-from memedit.retrievers.detector import FREE_TEXT_COSINE, HEAD_DIR, EditScope, NameIndex, ScopeDetector, load_head
+from memedit.retrievers.detector import FREE_TEXT_COSINE, HEAD_DIR, NAMED_FREE_TEXT_COSINE, EditScope, NameIndex, ScopeDetector, load_head
 from memedit.retrievers.entities import (answer_clash, find_mention, mask, name_likeness, relation_clash, relation_words, stem,
                                         statement_names)
 from memedit.retrievers.relations import WH_WORDS, RelationBank, bank_texts, relation_groups, wh_word
@@ -564,6 +564,16 @@ def test_a_free_text_edit_whose_entity_is_named_is_judged_on_what_is_asked_of_it
     for other in ("How many books does the Brackenhurst Library hold?", "Who founded the Brackenhurst Library?"):
         decision = detector.decide(other)
         assert decision.best is None and decision.verdicts[0].reason["relation_check"] < scope.check.threshold
+
+
+def test_a_question_about_a_negated_free_text_fact_is_in_scope_on_its_masked_cosine(open_memory, db_path, scope):
+    memory = open_memory(db_path)
+    ferry = memory.add(statement="The Pellory Island ferry does not run on Sundays.")
+    decision = ScopeDetector(memory, scope).decide("Is the Pellory Island ferry running on Sunday?")
+    assert decision.best is not None and decision.best.id == ferry.id
+    # the check never saw a negation and turns the pair down; the masked cosine carries it
+    assert decision.verdicts[0].reason["relation_check"] < scope.check.threshold
+    assert decision.verdicts[0].reason["masked_cosine"] >= NAMED_FREE_TEXT_COSINE
 
 
 def test_one_detail_of_a_free_text_edit_that_says_several_is_in_scope(open_memory, db_path, scope):

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from memedit.errors import ModelPackageError
-from memedit.retrievers.detector import CHECK_WEIGHT, HEAD_DIR, HEAD_LOGIT_LIMIT, EditScope, load_check, mask_subject, mention_of, typical_statement
+from memedit.retrievers.detector import (CHECK_WEIGHT, HEAD_DIR, HEAD_LOGIT_LIMIT, EditScope, free_text_mention, load_check,
+                                         mask_statement, mask_subject, mention_of, typical_statement)
 from memedit.retrievers.entities import mask, mask_prompt
 from memedit.retrievers.relation_check import CHECK_FILE, CHECK_META, RANK, RelationCheck
 from memedit.retrievers.scope_training import AdaptedMiniLM
@@ -96,7 +97,18 @@ def test_the_check_moves_the_head_s_score_of_a_named_pair_its_own_way(embedder):
     for question in ("Who employs Marisol Quenby?", "Where was Marisol Quenby born?", "marisol quenby hometown",
                      "Is the Pellory Island ferry running on Sunday?"):
         for with_check, head_only, edit in zip(shipped.judge(question, edits), alone.judge(question, edits), edits):
-            if edit.subject is None or mention_of(question, edit) is None:  # free text, or not named: not the check's to judge
+            offset = np.log(shipped.check.threshold / (1 - shipped.check.threshold))
+            if edit.subject is None and free_text_mention(question, edit.statement)[0] is not None:
+                # free text whose name is asked: the check moves the threshold; the higher score counts
+                mention, name = free_text_mention(question, edit.statement)
+                masked = mask(question, mention)
+                p = float(shipped.check.scores([(masked, mask_statement(edit.statement, name))])[0])
+                assert with_check.reason["relation_check"] == pytest.approx(p, abs=1e-4)
+                t = shipped.threshold
+                moved = 1 / (1 + np.exp(-(np.log(t / (1 - t)) + CHECK_WEIGHT * (np.log(p / (1 - p)) - offset))))
+                assert with_check.score == pytest.approx(max(head_only.score, moved), abs=1e-5)
+                continue
+            if edit.subject is None or mention_of(question, edit) is None:  # unnamed: not the check's to judge
                 assert "relation_check" not in with_check.reason and with_check.score == head_only.score
                 continue
             p = float(shipped.check.scores([(mask(question, mention_of(question, edit)), mask_subject(edit))])[0])
