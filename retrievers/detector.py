@@ -678,9 +678,10 @@ ON_PATH_AGAIN = ("restore", "revert")
 
 
 class NameIndex:
-    """The active triple edits of one namespace by the names of their subjects: a derived
-    index rebuilt whenever the memory's event log moves on. A subject's names are itself
-    and the aliases of any edit whose target is that subject."""
+    """The active edits of one namespace by their names: a triple by its subject's, a
+    free-text edit by its statement's (:func:`statement_names`); a derived index rebuilt
+    whenever the memory's event log moves on. A subject's names are itself and the aliases
+    of any edit whose target is that subject."""
 
     def __init__(self) -> None:
         self.revision: int | None = None
@@ -712,23 +713,24 @@ class NameIndex:
         return fresh
 
     def _index(self, active: list[Any]) -> None:
-        edits = [e for e in active if e.subject is not None]
+        edits = [e for e in active if e.subject is not None or statement_names(e.statement)]
         aliases: dict[str, list[str]] = {}
         for e in edits:
             if e.target and e.aliases:
                 aliases.setdefault(fold(e.target), []).extend(e.aliases)
-        names = {fold(e.subject): list(dict.fromkeys(aliases.get(fold(e.subject), []))) for e in edits}
+        names = {fold(e.subject): list(dict.fromkeys(aliases.get(fold(e.subject), []))) for e in edits if e.subject is not None}
         by_token: dict[str, set[int]] = {}
         for i, e in enumerate(edits):
-            for name in [e.subject, *names[fold(e.subject)]]:
+            for name in [e.subject, *names[fold(e.subject)]] if e.subject is not None else statement_names(e.statement):
                 for token in name_tokens(name):
                     for key in _keys(token):
                         by_token.setdefault(key, set()).add(i)
         self._state = (edits, names, by_token, active)
 
     def named_in(self, question: str, limit: int = 50) -> list[Any]:
-        """Active triple edits whose subject (or one of its names) the question may name:
-        a shared token, or a token one typo away. ``find_mention`` confirms it later."""
+        """Active edits whose subject (or one of its names, or a free-text statement's name)
+        the question may name: a shared token, or a token one typo away. ``find_mention``
+        confirms it later."""
         edits, _, by_token, _ = self._state
         found: dict[int, int] = {}
         for token, _, _ in tokens(question):
@@ -740,7 +742,7 @@ class NameIndex:
 
     @property
     def edits(self) -> list[Any]:
-        """The active triple edits indexed."""
+        """The active edits indexed: the triples, and the free-text edits whose statement has a name."""
         return self._state[0]
 
     @property
@@ -772,8 +774,8 @@ class ScopeDetector:
     """The one scope decision every router uses.
 
     ``classifier`` is an :class:`EditScope` (the default) or a :class:`StatementScope`;
-    ``k`` the nearest edits retrieved per question, joined by the edits whose subject the
-    question names (``by_name``).
+    ``k`` the nearest edits retrieved per question, joined by the edits whose subject (or
+    free-text statement's name) the question names (``by_name``).
     """
 
     def __init__(self, memory: Any, classifier: Any = "edit", k: int = 5, by_name: bool | None = None,
@@ -798,15 +800,19 @@ class ScopeDetector:
         return self.classifier.threshold
 
     def named(self, question: str) -> list[Any]:
-        """The active triple edits whose subject the question names (none unless ``by_name``):
-        the name index's guesses, each confirmed by finding the name in the question."""
+        """The active edits whose subject, or free-text statement's name, the question names
+        (none unless ``by_name``): the name index's guesses, each confirmed by finding the
+        name in the question. Named before the question is embedded, their relation-check
+        pairs go through MiniLM in the question's own pass."""
         if not self.by_name:
             return []
         fresh = self.names.refresh(self.memory)
         if fresh and hasattr(self.classifier, "prepare"):
             self._prepare(fresh)
         names = self.names.names
-        return [e for e in self.names.named_in(question) if mention_of(question, e, names) is not None]
+        return [e for e in self.names.named_in(question)
+                if (mention_of(question, e, names) if e.subject is not None else free_text_mention(question, e.statement)[0])
+                is not None]
 
     def _prepare(self, edits: Sequence[Any]) -> None:
         """Cache the edit side of every active edit (free-text ones too), so that a question

@@ -692,6 +692,25 @@ def test_a_question_and_its_relation_check_pairs_share_one_encoder_pass(open_mem
     assert np.allclose([v.score for v in decided.verdicts], [v.score for v in expected.verdicts], atol=1e-3)
 
 
+def test_a_free_text_edit_whose_name_is_asked_is_a_candidate_checked_in_the_question_s_own_pass(open_memory, db_path, embedder):
+    memory = open_memory(db_path, embedder=embedder)
+    ferry = memory.add(statement="The Pellory Island ferry does not run on Sundays.")
+    for i in range(4):  # nearer the question than the ferry's statement, and naming nothing (no capitals)
+        memory.add(statement=f"note {i}: is the pellory island ferry running on sunday? people ask it every week.")
+    fused = ScopeDetector(memory, EditScope(embedder.real), k=2)
+    passes = []
+    run = fused.classifier.check.embed_and_score
+    fused.classifier.check.embed_and_score = lambda texts, items: passes.append(list(items)) or run(texts, items)
+    question = "is the pellory island ferry running on sunday then?"  # asked nowhere else: no pair of it is cached
+    assert [e.id for e in fused.named(question)] == [ferry.id]
+    nearest = [h.edit.id for h in memory.search_vector(memory.embedder.encode_one(question), k=2)]
+    assert ferry.id not in nearest  # retrieval alone would not bring it
+    decided = fused.decide(question)
+    verdict = next(v for v in decided.verdicts if v.edit.id == ferry.id)
+    assert verdict.in_scope and verdict.reason["retrieval"] == "named"
+    assert len(passes) == 1 and len(passes[0]) == 1 and "pellory" not in passes[0][0][0].lower()  # its pair, in the first pass
+
+
 def test_scope_questions_become_pairs_with_their_edit_and_against_their_group_s_other_edits(tmp_path):
     from memedit.retrievers.scope_training import question_pairs
 
