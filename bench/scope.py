@@ -17,7 +17,7 @@ Two measurements, every detector in the same run:
    types them, the same entities' other relations and famous entities; all edits of a file
    in one memory, every question through ``ScopeDetector.decide`` as a router asks it.
    Recall (the right edit), wrong edit, missed, false hits, and the detector's cost per
-   question. Six files by default: ``bench/data/natural_scope_holdout.jsonl`` (the bench
+   question. Seven files by default: ``bench/data/natural_scope_holdout.jsonl`` (the bench
    set: no test reads it, nothing trains on it; the mistakes of its odd-numbered half were
    read while developing, never those of the even-numbered half),
    ``bench/data/natural_scope_fresh.jsonl`` (written in the fifteenth round by a helper that
@@ -30,7 +30,9 @@ Two measurements, every detector in the same run:
    template relations, so it favours them; its figures made that round's choices),
    ``bench/data/natural_scope_fresh4.jsonl`` (written the same way in the eighteenth round,
    its prompt naming no relation; its figures made that round's choices, each candidate run
-   on it once)
+   on it once), ``bench/data/natural_scope_fresh5.jsonl`` (written the same way in the
+   eighteenth round, half of its edits free text, to confirm or refute that round's change
+   to free text; read after)
    and ``retrievers/data/scope_questions.jsonl`` (the earlier bench set, whose mistakes
    were read while developing; now training data of the shipped head, so its figures are
    training figures).
@@ -76,6 +78,7 @@ NATURAL = [Path(__file__).parent / "data" / "natural_scope_holdout.jsonl",
            Path(__file__).parent / "data" / "natural_scope_fresh2.jsonl",
            Path(__file__).parent / "data" / "natural_scope_fresh3.jsonl",
            Path(__file__).parent / "data" / "natural_scope_fresh4.jsonl",
+           Path(__file__).parent / "data" / "natural_scope_fresh5.jsonl",
            Path(__file__).resolve().parent.parent / "retrievers" / "data" / "scope_questions.jsonl"]
 
 
