@@ -18,7 +18,8 @@ Two pieces:
   question names one of the statement's names, by the relation check on the two with that
   name masked, as a named subject's edit is, or by their cosine (``NAMED_FREE_TEXT_COSINE``).
 - :class:`ScopeDetector` gathers the candidates of a question (the memory's nearest
-  edits, plus every active edit whose subject the question names) and returns a
+  edits, plus every active edit whose subject, or free-text statement's name, the question
+  names: :class:`.names.NameIndex`) and returns a
   :class:`Decision`: the edits in scope, best first, and a trace record with each
   candidate's score and the reason. The question's vector for retrieval, its masked forms
   and the relation check's pairs go through MiniLM in one pass (the check's adapters run
