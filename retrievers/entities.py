@@ -223,7 +223,7 @@ def _inside_other_name(question: str, mention: Mention, name: str, wanted: tuple
 
 
 _TITLES = frozenset("dr mr mrs ms miss prof professor sir dame lady lord".split())
-_JOINING = frozenset("of the de du des la le von van der den del da di and".split())
+_JOINING = frozenset("of the de du des la le von van der den del da di and &".split())
 
 
 def _partial(found: Sequence[tuple[str, int, int]], wanted: tuple[str, ...], name: str) -> Mention | None:
@@ -303,13 +303,13 @@ _NOT_NAMES = frozenset(
     "a an the in on at by for from to this that these those our my your its his her their every each since after "
     "before during as if when while it i there here monday tuesday wednesday thursday friday saturday sunday "
     "january february march april may june july august september october november december".split())
-_NAME_RUN = re.compile(r"[^\W\d_][\w'’-]*(?:\s+(?:(?:of|the|de|du|la|le|von|van|der|and)\s+)*[^\W\d_][\w'’-]*)*")
+_NAME_RUN = re.compile(r"[^\W\d_][\w'’-]*(?:\s+(?:(?:of|the|de|du|la|le|von|van|der|and|&)\s+)*[^\W\d_][\w'’-]*)*")
 
 
 @lru_cache(maxsize=8192)
 def statement_names(statement: str) -> tuple[str, ...]:
     """The names a free-text statement mentions: its runs of capitalised words (joined by
-    "of", "the" and the like), less the words that only start a sentence or name a day or
+    "of", "the", "&" and the like), less the words that only start a sentence or name a day or
     month ("The Pellory Island ferry does not run on Sundays." names "Pellory Island")."""
     names = []
     for run in _NAME_RUN.finditer(statement):

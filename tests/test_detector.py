@@ -598,6 +598,7 @@ def test_one_detail_of_a_free_text_edit_that_says_several_is_in_scope(open_memor
     ("In Cranholme, the number 12 bus no longer stops at the hospital.", ("Cranholme",)),
     ("The outdoor pool at Marrowick Park is open from June to August.", ("Marrowick Park",)),
     ("The Bank of England meets on the first Thursday.", ("Bank of England",)),
+    ("The Duncrest Chess Club meets in the back room of the Fox & Lantern pub.", ("Duncrest Chess Club", "Fox & Lantern")),
     ("I prefer tea to coffee.", ()),
 ])
 def test_a_free_text_statement_s_names_leave_out_sentence_starts_days_and_months(statement, names):
