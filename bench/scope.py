@@ -52,7 +52,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import sys
 import time
 from pathlib import Path
@@ -63,7 +62,7 @@ from memedit.embeddings import get_embedder
 from memedit.eval.knowedit import load_knowedit
 from memedit.eval.scope_eval import evaluate_scope, load_scope_questions
 from memedit.retrievers.detector import HEAD_DIR, EditScope, StatementScope
-from memedit.retrievers.entities import fold
+from memedit.retrievers.entities import name_tokens
 from memedit.retrievers.relation_check import RelationCheck
 from memedit.retrievers.scope import DEFAULT_MAX_LENGTH, CrossEncoderScope, EmbeddingScope, ScopePair
 from memedit.model_files import data_dir
@@ -116,11 +115,11 @@ def evaluate_pairs(classifier, evaluation: dict[str, list[ScopePair]]) -> dict:
 
 
 def shares_a_word(question: str, subject: str | None) -> bool:
-    """Whether the question holds a word (three letters or more, accents and case folded) of
-    the edit's subject. KnowEdit's portability prompts sometimes name the subject only by an
+    """Whether the question holds a word (three letters or more, folded as names are matched:
+    :func:`~memedit.retrievers.entities.name_tokens`) of the edit's subject. KnowEdit's portability prompts sometimes name the subject only by an
     alias that world knowledge alone links to it ("What is WRAY 16-147?" for the Southern
     Crab Nebula, "the author of <a paper's title>"); no detector reading the memory finds those."""
-    words = lambda text: {w for w in re.findall(r"[a-z0-9]+", fold(text)) if len(w) >= 3}  # noqa: E731
+    words = lambda text: {w for w in name_tokens(text) if len(w) >= 3}  # noqa: E731
     return subject is None or bool(words(subject) & words(question))
 
 

@@ -94,13 +94,13 @@ def test_the_check_moves_the_head_s_score_of_a_named_pair_its_own_way(embedder):
     edits = [Edit(subject="Marisol Quenby", prompt="{} works for", target="the Lisbon Botanical Institute"),
              Edit(subject="Marisol Quenby", prompt="{} was born in", target="Tavrin"),
              Edit(statement="The Pellory Island ferry does not run on Sundays.")]
+    offset = np.log(shipped.check.threshold / (1 - shipped.check.threshold))
     for question in ("Who employs Marisol Quenby?", "Where was Marisol Quenby born?", "marisol quenby hometown",
                      "Is the Pellory Island ferry running on Sunday?"):
         for with_check, head_only, edit in zip(shipped.judge(question, edits), alone.judge(question, edits), edits):
-            offset = np.log(shipped.check.threshold / (1 - shipped.check.threshold))
-            if edit.subject is None and free_text_mention(question, edit.statement)[0] is not None:
+            mention, name = free_text_mention(question, edit.statement) if edit.subject is None else (None, "")
+            if mention is not None:
                 # free text whose name is asked: the check moves the threshold; the higher score counts
-                mention, name = free_text_mention(question, edit.statement)
                 masked = mask(question, mention)
                 p = float(shipped.check.scores([(masked, mask_statement(edit.statement, name))])[0])
                 assert with_check.reason["relation_check"] == pytest.approx(p, abs=1e-4)
@@ -124,7 +124,7 @@ def test_the_check_moves_the_head_s_score_of_a_named_pair_its_own_way(embedder):
                 p = max(p, exact)
             h = np.clip(head_only.score, 1e-12, 1 - 1e-12)
             head = np.clip(np.log(h / (1 - h)), -HEAD_LOGIT_LIMIT, HEAD_LOGIT_LIMIT)  # the head, held within the limit
-            expected = head + CHECK_WEIGHT * (np.log(p / (1 - p)) - np.log(shipped.check.threshold / (1 - shipped.check.threshold)))
+            expected = head + CHECK_WEIGHT * (np.log(p / (1 - p)) - offset)
             assert with_check.score == pytest.approx(1 / (1 + np.exp(-expected)), abs=1e-6)
             assert (with_check.score > 1 / (1 + np.exp(-head))) == (p > shipped.check.threshold) or with_check.score in (0.0, 1.0)
     decided = [shipped.judge(q, edits[:2]) for q in ("Who employs Marisol Quenby?", "Where was Marisol Quenby born?")]
