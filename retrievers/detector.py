@@ -187,8 +187,9 @@ class Head:
     def logits(self, x: np.ndarray) -> np.ndarray:
         if self.columns is not None:
             x = x[:, self.columns]
-        hidden = np.maximum(np.einsum("bd,ndh->nbh", (x - self.mean) / self.std, self.w1) + self.b1[:, None, :], 0.0)
-        return (np.einsum("nbh,nh->nb", hidden, self.w2) + self.b2).mean(0)
+        # matmul rather than einsum: the same sums, an eighth of the time for a question's pairs
+        hidden = np.maximum(((x - self.mean) / self.std) @ self.w1 + self.b1[:, None, :], 0.0)
+        return ((hidden @ self.w2[:, :, None])[..., 0] + self.b2).mean(0)
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-np.clip(self.logits(x), -30, 30)))

@@ -88,6 +88,12 @@ def typical_targets(path: str | Path = TEMPLATES) -> tuple[str | None, ...]:
     return tuple(targets[group] for group in range(len(targets)))
 
 
+# Up to this many rows, :meth:`RelationBank.scores` multiplies row by row: OpenBLAS's
+# matrix-matrix product costs about four times as much for a question's two rows (0.23
+# against 0.06 ms on this project's 2-core CPU); past it, the one product is cheaper.
+FEW_ROWS = 4
+
+
 class RelationBank:
     """Embedded template rows (``vectors``, unit length), the relation of each (``relation``,
     grouped), and per relation the share of its questions asked with each of ``WH_WORDS`` (``wh``)."""
@@ -116,7 +122,11 @@ class RelationBank:
         """Per vector and relation, the best cosine to that relation's rows. With ``holdout``,
         rows at least that close are ignored (training: a template question must not find
         itself in the bank)."""
-        sims = np.atleast_2d(np.asarray(vectors, dtype=np.float32)) @ self.vectors.T
+        vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+        if len(vectors) <= FEW_ROWS:  # a question's few rows: one matrix-vector product each
+            sims = np.stack([self.vectors @ row for row in vectors])
+        else:
+            sims = vectors @ self.vectors.T
         if holdout is not None:
             sims = np.where(sims >= holdout, -1.0, sims)
         return np.maximum.reduceat(sims, self._starts, axis=1)

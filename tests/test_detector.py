@@ -18,7 +18,7 @@ from memedit.retrievers.detector import FREE_TEXT_COSINE, HEAD_DIR, NAMED_FREE_T
 from memedit.retrievers.names import NameIndex
 from memedit.retrievers.entities import (answer_clash, find_mention, mask, name_likeness, relation_clash, relation_words, stem,
                                         statement_names)
-from memedit.retrievers.relations import WH_WORDS, RelationBank, bank_texts, relation_groups, wh_word
+from memedit.retrievers.relations import FEW_ROWS, WH_WORDS, RelationBank, bank_texts, relation_groups, wh_word
 
 NATURAL = Path(__file__).parent / "data" / "natural_scope.jsonl"
 
@@ -205,6 +205,20 @@ def test_the_bank_scores_each_relation_by_its_closest_row_and_can_hold_rows_out(
     assert bank.features(bank.scores(question)[0], edit, wh_word("The capital of X is"))["wh_asked"] == 0.0
     with pytest.raises(ValueError, match="grouped by relation"):
         RelationBank(vectors, np.array([0, 1, 0, 2]))
+
+
+def test_the_bank_scores_a_question_s_few_rows_as_it_scores_a_batch():
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((40, 16)).astype(np.float32)
+    bank = RelationBank(vectors / np.linalg.norm(vectors, axis=1, keepdims=True), np.repeat(np.arange(8), 5))
+    rows = rng.standard_normal((FEW_ROWS + 3, 16)).astype(np.float32)
+    batch = bank.scores(rows)  # past FEW_ROWS: one matrix product
+    assert batch.shape == (len(rows), 8)
+    for n in range(1, FEW_ROWS + 1):  # row by row
+        assert np.allclose(bank.scores(rows[:n]), batch[:n], atol=1e-5)
+    assert np.allclose(bank.scores(rows[0]), batch[:1], atol=1e-5)  # one vector, not a matrix
+    assert np.allclose(bank.scores(rows[:2], holdout=0.5), np.where(
+        (rows[:2] @ bank.vectors.T) >= 0.5, -1.0, rows[:2] @ bank.vectors.T).reshape(2, 8, 5).max(2), atol=1e-5)
 
 
 def test_the_shipped_bank_is_the_templates_embedded(embedder):
