@@ -16,12 +16,14 @@ Two measurements, every detector in the same run:
 2. **People's wordings**: edits about invented entities, questions written as a person
    types them, the same entities' other relations and famous entities; all edits of a file
    in one memory, every question through ``ScopeDetector.decide`` as a router asks it.
-   Recall (the right edit), wrong edit, missed, false hits, and the detector's cost per
-   question. Seven files by default: ``bench/data/natural_scope_holdout.jsonl`` (the bench
+   Recall (the right edit), wrong edit, missed, false hits (and apart: those on questions
+   that ask an edited entity something else, and those on questions in a group without
+   edits, about anything else), and the detector's cost per question. Seven files by default: ``bench/data/natural_scope_holdout.jsonl`` (the bench
    set: no test reads it, nothing trains on it; the mistakes of its odd-numbered half were
    read while developing, never those of the even-numbered half),
    ``bench/data/natural_scope_fresh.jsonl`` (written in the fifteenth round by a helper that
-   saw no other data; its figures chose between two heads, its mistakes were never read),
+   saw no other data; its figures chose between two heads; two of its false hits were read in
+   the nineteenth round),
    ``bench/data/natural_scope_fresh2.jsonl`` (written the same way in the sixteenth round,
    with more questions about the same entities' other relations; its figures chose the
    head shipped then, and its false hits were read after that choice),
@@ -67,6 +69,7 @@ from memedit.retrievers.relation_check import RelationCheck
 from memedit.retrievers.scope import DEFAULT_MAX_LENGTH, CrossEncoderScope, EmbeddingScope, ScopePair
 from memedit.model_files import data_dir
 from memedit.retrievers.scope_pairs import calibrate, scope_metrics, scope_pairs
+from memedit.retrievers.scope_cli import false_hit_split
 from memedit.retrievers.scope_training import KNOWEDIT_FILES, train_cross_encoder
 from memedit.retrievers.scope import default_scope_path
 
@@ -203,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             m = r["natural"][file]
             print(f"| {name} | {100 * m['recall']:.1f} % | {100 * m['wrong_edit']:.1f} % | {100 * m['missed']:.1f} % | "
                   f"{100 * m['false_hit_rate']:.1f} % | {m['detector_ms_p50']:.1f} / {m['detector_ms_p95']:.1f} |")
+        print("False hits: " + "; ".join(f"{name} {false_hit_split(r['natural'][file])}" for name, r in results["detectors"].items()))
     print(f"\ntotal {results['total_s']} s")
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(results, indent=2) + "\n")

@@ -38,6 +38,9 @@ class ScopeQuestion:
     text: str
     edit: int | None  # index into the file's edits, or None: no edit covers it
     group: str
+    # whether the question's group holds edits: a question no edit covers then asks the same
+    # entities something else (a neighbour); else it is about something the memory never heard of
+    in_edited_group: bool = True
 
 
 def load_scope_questions(path: str | Path) -> tuple[list[Edit], list[ScopeQuestion]]:
@@ -70,7 +73,7 @@ def load_scope_questions(path: str | Path) -> tuple[list[Edit], list[ScopeQuesti
                 raise DataError(path, "must be an object with the question as text in 'q'", where, f"questions[{j}]")
             if index is not None and (not isinstance(index, int) or not 0 <= index < count):
                 raise DataError(path, f"must be null or the index of one of the group's {count} edits", where, f"questions[{j}].edit")
-            questions.append(ScopeQuestion(item["q"], None if index is None else first + index, str(group.get("id", number))))
+            questions.append(ScopeQuestion(item["q"], None if index is None else first + index, str(group.get("id", number)), count > 0))
     return edits, questions
 
 
@@ -87,6 +90,7 @@ def evaluate_scope(edits: Sequence[Edit], questions: Sequence[ScopeQuestion], cl
             stored = memory.add_many(list(edits))
             detector = ScopeDetector(memory, classifier, k=k)
             counts = {"right": 0, "wrong": 0, "missed": 0, "false_hit": 0, "quiet": 0}
+            neighbours = {"questions": 0, "false_hits": 0}  # other questions in a group that holds edits
             mistakes: dict[str, list[dict[str, Any]]] = {"wrong": [], "missed": [], "false_hit": []}
             retrieval_ms, decide_ms = [], []
             detector.decide(questions[0].text) if questions else None  # warm the caches
@@ -106,6 +110,9 @@ def evaluate_scope(edits: Sequence[Edit], questions: Sequence[ScopeQuestion], cl
                 else:
                     outcome = "right" if best.id == stored[question.edit].id else "wrong"
                 counts[outcome] += 1
+                if question.edit is None and question.in_edited_group:
+                    neighbours["questions"] += 1
+                    neighbours["false_hits"] += outcome == "false_hit"
                 if outcome in mistakes and len(mistakes[outcome]) < examples:
                     mistakes[outcome].append({"question": question.text, "expected": None if question.edit is None else stored[question.edit].statement,
                                               "got": None if best is None else best.statement,
@@ -116,6 +123,10 @@ def evaluate_scope(edits: Sequence[Edit], questions: Sequence[ScopeQuestion], cl
             "edits": len(edits), "edit_questions": edited, "other_questions": other,
             "recall": counts["right"] / max(edited, 1), "wrong_edit": counts["wrong"] / max(edited, 1),
             "missed": counts["missed"] / max(edited, 1), "false_hit_rate": counts["false_hit"] / max(other, 1),
+            # the other questions split: about the edited entities (neighbours), and the rest
+            "neighbour_questions": neighbours["questions"], "neighbour_false_hits": neighbours["false_hits"],
+            "unrelated_questions": other - neighbours["questions"],
+            "unrelated_false_hits": counts["false_hit"] - neighbours["false_hits"],
             "retrieval_ms_p50": float(np.median(retrieval_ms)) if retrieval_ms else 0.0,
             "detector_ms_p50": float(np.median(decide_ms)) if decide_ms else 0.0,
             "detector_ms_p95": float(np.percentile(decide_ms, 95)) if decide_ms else 0.0,

@@ -66,10 +66,17 @@ def cmd_scope(args: argparse.Namespace) -> int:
     print(f"{result['detector']} (threshold {result['threshold']:.3f}) on {Path(args.data).name}: {result['edits']} edits in memory")
     print(f"  {result['edit_questions']} questions about an edit: right {100 * result['recall']:.1f} %, "
           f"wrong edit {100 * result['wrong_edit']:.1f} %, missed {100 * result['missed']:.1f} %")
-    print(f"  {result['other_questions']} other questions: false hits {100 * result['false_hit_rate']:.1f} %")
+    print(f"  {result['other_questions']} other questions: false hits {100 * result['false_hit_rate']:.1f} % "
+          f"({false_hit_split(result)})")
     print(f"  detector {result['detector_ms_p50']:.1f} ms p50 ({result['detector_ms_p95']:.1f} ms p95) on top of "
           f"embedding + search ({result['retrieval_ms_p50']:.1f} ms p50)")
     for kind, rows in result["mistakes"].items():
         for row in rows[:3]:
             print(f"  {kind}: {row['question']!r} -> {row['got']!r} (expected {row['expected']!r})", file=sys.stderr)
     return 0
+
+
+def false_hit_split(result: dict) -> str:
+    """The false hits of an ``evaluate_scope`` result by kind of question, as a phrase."""
+    return (f"{result['neighbour_false_hits']} of {result['neighbour_questions']} asking an edited entity something else, "
+            f"{result['unrelated_false_hits']} of {result['unrelated_questions']} about anything else")

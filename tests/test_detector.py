@@ -531,6 +531,31 @@ def test_a_head_trained_on_template_pairs_is_saved_checked_and_reloaded(tmp_path
     assert "relation_check" in again.judge(question, [pairs[0].edit])[0].reason
 
 
+def test_false_hits_are_counted_apart_for_neighbours_and_for_questions_about_anything_else(tmp_path, embedder, scope):
+    from memedit.retrievers.detector import Verdict
+
+    data = tmp_path / "split.jsonl"
+    data.write_text("\n".join(json.dumps(group) for group in [
+        {"id": "quenby", "edits": [{"subject": "Marisol Quenby", "prompt": "{} works for", "target": "the Lisbon Botanical Institute"}],
+         "questions": [{"q": "Who employs Marisol Quenby?", "edit": 0}, {"q": "Where was Marisol Quenby born?", "edit": None}]},
+        {"id": "famous", "questions": [{"q": "Who wrote Hamlet?", "edit": None}, {"q": "How tall is Mount Everest?", "edit": None}]},
+    ]) + "\n")
+    edits, questions = load_scope_questions(data)
+    assert [q.in_edited_group for q in questions] == [True, True, False, False]
+
+    class EveryEdit:  # calls every candidate in scope: each other question is a false hit
+        name, threshold = "every edit", 0.5
+
+        def judge(self, question, candidates, names=None):
+            return [Verdict(e, 1.0, True, {}) for e in candidates]
+
+    loose = evaluate_scope(edits, questions, EveryEdit(), embedder=embedder)
+    assert (loose["neighbour_false_hits"], loose["neighbour_questions"]) == (1, 1)
+    assert (loose["unrelated_false_hits"], loose["unrelated_questions"]) == (2, 2)
+    shipped = evaluate_scope(edits, questions, scope, embedder=embedder)
+    assert shipped["recall"] == 1.0 and shipped["neighbour_false_hits"] == shipped["unrelated_false_hits"] == 0
+
+
 def test_scope_questions_with_a_bad_edit_index_name_the_line_and_field(tmp_path):
     from memedit.eval.knowedit import DataError
 
