@@ -62,14 +62,13 @@ import numpy as np
 
 from memedit.embeddings import get_embedder
 from memedit.eval.knowedit import load_knowedit
-from memedit.eval.scope_eval import evaluate_scope, load_scope_questions
+from memedit.eval.scope_eval import evaluate_scope, false_hit_split, load_scope_questions
 from memedit.retrievers.detector import HEAD_DIR, EditScope, StatementScope
 from memedit.retrievers.entities import name_tokens
 from memedit.retrievers.relation_check import RelationCheck
 from memedit.retrievers.scope import DEFAULT_MAX_LENGTH, CrossEncoderScope, EmbeddingScope, ScopePair
 from memedit.model_files import data_dir
 from memedit.retrievers.scope_pairs import calibrate, scope_metrics, scope_pairs
-from memedit.retrievers.scope_cli import false_hit_split
 from memedit.retrievers.scope_training import KNOWEDIT_FILES, train_cross_encoder
 from memedit.retrievers.scope import default_scope_path
 

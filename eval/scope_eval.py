@@ -131,3 +131,9 @@ def evaluate_scope(edits: Sequence[Edit], questions: Sequence[ScopeQuestion], cl
             "detector_ms_p50": float(np.median(decide_ms)) if decide_ms else 0.0,
             "detector_ms_p95": float(np.percentile(decide_ms, 95)) if decide_ms else 0.0,
             "mistakes": mistakes}
+
+
+def false_hit_split(result: dict[str, Any]) -> str:
+    """The false hits of an ``evaluate_scope`` result by kind of question, as a phrase."""
+    return (f"{result['neighbour_false_hits']} of {result['neighbour_questions']} asking an edited entity something else, "
+            f"{result['unrelated_false_hits']} of {result['unrelated_questions']} about anything else")

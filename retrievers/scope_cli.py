@@ -53,7 +53,7 @@ def cmd_scope(args: argparse.Namespace) -> int:
               f"or --scope-path {args.out}")
         return 0
     from memedit.embeddings import get_embedder
-    from memedit.eval.scope_eval import evaluate_scope, load_scope_questions
+    from memedit.eval.scope_eval import evaluate_scope, false_hit_split, load_scope_questions
 
     from .detector import load_classifier
 
@@ -74,9 +74,3 @@ def cmd_scope(args: argparse.Namespace) -> int:
         for row in rows[:3]:
             print(f"  {kind}: {row['question']!r} -> {row['got']!r} (expected {row['expected']!r})", file=sys.stderr)
     return 0
-
-
-def false_hit_split(result: dict) -> str:
-    """The false hits of an ``evaluate_scope`` result by kind of question, as a phrase."""
-    return (f"{result['neighbour_false_hits']} of {result['neighbour_questions']} asking an edited entity something else, "
-            f"{result['unrelated_false_hits']} of {result['unrelated_questions']} about anything else")

@@ -577,6 +577,9 @@ def test_memedit_scope_eval_prints_recall_and_false_hits(tmp_path, capsys, monke
     result = json.loads(capsys.readouterr().out)
     assert result["edit_questions"] == 1 and result["other_questions"] == 1
     assert result["recall"] == 1.0 and result["false_hit_rate"] == 0.0
+    assert result["neighbour_questions"] == 1 and result["unrelated_questions"] == 0  # its group holds an edit
+    assert main(["scope", "eval", "--data", str(data)]) == 0
+    assert "false hits 0.0 % (0 of 1 asking an edited entity something else, 0 of 0 about anything else)" in capsys.readouterr().out
 
 
 def test_a_free_text_edit_is_judged_on_its_statement(open_memory, db_path, scope):
