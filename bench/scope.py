@@ -18,7 +18,7 @@ Two measurements, every detector in the same run:
    in one memory, every question through ``ScopeDetector.decide`` as a router asks it.
    Recall (the right edit), wrong edit, missed, false hits (and apart: those on questions
    that ask an edited entity something else, and those on questions in a group without
-   edits, about anything else), and the detector's cost per question. Seven files by default: ``bench/data/natural_scope_holdout.jsonl`` (the bench
+   edits, about anything else), and the detector's cost per question. Eight files by default: ``bench/data/natural_scope_holdout.jsonl`` (the bench
    set: no test reads it, nothing trains on it; the mistakes of its odd-numbered half were
    read while developing, never those of the even-numbered half),
    ``bench/data/natural_scope_fresh.jsonl`` (written in the fifteenth round by a helper that
@@ -34,7 +34,9 @@ Two measurements, every detector in the same run:
    its prompt naming no relation; its figures made that round's choices, each candidate run
    on it once), ``bench/data/natural_scope_fresh5.jsonl`` (written the same way in the
    eighteenth round, half of its edits free text, to confirm or refute that round's change
-   to free text; read after)
+   to free text; read after), ``bench/data/natural_scope_fresh6.jsonl`` (written the same way
+   in the nineteenth round, half of its in-scope questions yes/no ones, many naming another
+   value than the stored one; it refuted that round's candidate, whose mistakes were read after)
    and ``retrievers/data/scope_questions.jsonl`` (the earlier bench set, whose mistakes
    were read while developing; now training data of the shipped head, so its figures are
    training figures).
@@ -80,6 +82,7 @@ NATURAL = [Path(__file__).parent / "data" / "natural_scope_holdout.jsonl",
            Path(__file__).parent / "data" / "natural_scope_fresh3.jsonl",
            Path(__file__).parent / "data" / "natural_scope_fresh4.jsonl",
            Path(__file__).parent / "data" / "natural_scope_fresh5.jsonl",
+           Path(__file__).parent / "data" / "natural_scope_fresh6.jsonl",
            Path(__file__).resolve().parent.parent / "retrievers" / "data" / "scope_questions.jsonl"]
 
 

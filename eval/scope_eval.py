@@ -134,6 +134,8 @@ def evaluate_scope(edits: Sequence[Edit], questions: Sequence[ScopeQuestion], cl
 
 
 def false_hit_split(result: dict[str, Any]) -> str:
-    """The false hits of an ``evaluate_scope`` result by kind of question, as a phrase."""
-    return (f"{result['neighbour_false_hits']} of {result['neighbour_questions']} asking an edited entity something else, "
-            f"{result['unrelated_false_hits']} of {result['unrelated_questions']} about anything else")
+    """The false hits of an ``evaluate_scope`` result by where the question stands, as a phrase:
+    in a group with edits (most often the same entities asked something else) or without."""
+    parts = [f"{result[f'{kind}_false_hits']} of {result[f'{kind}_questions']} in a group {where}"
+             for kind, where in (("neighbour", "with edits"), ("unrelated", "without edits")) if result[f"{kind}_questions"]]
+    return ", ".join(parts) or "no other questions"
