@@ -18,7 +18,7 @@ Two measurements, every detector in the same run:
    in one memory, every question through ``ScopeDetector.decide`` as a router asks it.
    Recall (the right edit), wrong edit, missed, false hits (and apart: those on questions
    that ask an edited entity something else, and those on questions in a group without
-   edits, about anything else), and the detector's cost per question. Eight files by default: ``bench/data/natural_scope_holdout.jsonl`` (the bench
+   edits, about anything else), and the detector's cost per question. Nine files by default: ``bench/data/natural_scope_holdout.jsonl`` (the bench
    set: no test reads it, nothing trains on it; the mistakes of its odd-numbered half were
    read while developing, never those of the even-numbered half),
    ``bench/data/natural_scope_fresh.jsonl`` (written in the fifteenth round by a helper that
@@ -36,7 +36,10 @@ Two measurements, every detector in the same run:
    eighteenth round, half of its edits free text, to confirm or refute that round's change
    to free text; read after), ``bench/data/natural_scope_fresh6.jsonl`` (written the same way
    in the nineteenth round, half of its in-scope questions yes/no ones, many naming another
-   value than the stored one; it refuted that round's candidate, whose mistakes were read after)
+   value than the stored one; it refuted that round's candidate, whose mistakes were read after),
+   ``bench/data/natural_scope_fresh7.jsonl`` (written the same way in the same round, for a
+   second candidate: more yes/no questions naming another value, and yes/no questions about
+   the same entity naming a value of another relation; it refuted that one too)
    and ``retrievers/data/scope_questions.jsonl`` (the earlier bench set, whose mistakes
    were read while developing; now training data of the shipped head, so its figures are
    training figures).
@@ -83,6 +86,7 @@ NATURAL = [Path(__file__).parent / "data" / "natural_scope_holdout.jsonl",
            Path(__file__).parent / "data" / "natural_scope_fresh4.jsonl",
            Path(__file__).parent / "data" / "natural_scope_fresh5.jsonl",
            Path(__file__).parent / "data" / "natural_scope_fresh6.jsonl",
+           Path(__file__).parent / "data" / "natural_scope_fresh7.jsonl",
            Path(__file__).resolve().parent.parent / "retrievers" / "data" / "scope_questions.jsonl"]
 
 
