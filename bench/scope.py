@@ -17,8 +17,9 @@ Two measurements, every detector in the same run:
    types them, the same entities' other relations and famous entities; all edits of a file
    in one memory, every question through ``ScopeDetector.decide`` as a router asks it.
    Recall (the right edit), wrong edit, missed, false hits (and apart: those on questions
-   that ask an edited entity something else, and those on questions in a group without
-   edits, about anything else), and the detector's cost per question. Nine files by default: ``bench/data/natural_scope_holdout.jsonl`` (the bench
+   in a group with edits, most often the same entities asked something else, and those in a
+   group without edits), and the detector's cost per question. Nine files by default:
+   ``bench/data/natural_scope_holdout.jsonl`` (the bench
    set: no test reads it, nothing trains on it; the mistakes of its odd-numbered half were
    read while developing, never those of the even-numbered half),
    ``bench/data/natural_scope_fresh.jsonl`` (written in the fifteenth round by a helper that

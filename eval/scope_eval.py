@@ -38,8 +38,8 @@ class ScopeQuestion:
     text: str
     edit: int | None  # index into the file's edits, or None: no edit covers it
     group: str
-    # whether the question's group holds edits: a question no edit covers then asks the same
-    # entities something else (a neighbour); else it is about something the memory never heard of
+    # whether the question's group holds edits: a question no edit covers then most often asks
+    # the same entities something else (a neighbour); else it is about something the memory never heard of
     in_edited_group: bool = True
 
 
@@ -123,7 +123,7 @@ def evaluate_scope(edits: Sequence[Edit], questions: Sequence[ScopeQuestion], cl
             "edits": len(edits), "edit_questions": edited, "other_questions": other,
             "recall": counts["right"] / max(edited, 1), "wrong_edit": counts["wrong"] / max(edited, 1),
             "missed": counts["missed"] / max(edited, 1), "false_hit_rate": counts["false_hit"] / max(other, 1),
-            # the other questions split: about the edited entities (neighbours), and the rest
+            # the other questions split: in a group with edits (neighbours, most often), and the rest
             "neighbour_questions": neighbours["questions"], "neighbour_false_hits": neighbours["false_hits"],
             "unrelated_questions": other - neighbours["questions"],
             "unrelated_false_hits": counts["false_hit"] - neighbours["false_hits"],
