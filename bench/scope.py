@@ -18,7 +18,8 @@ Two measurements, every detector in the same run:
    in one memory, every question through ``ScopeDetector.decide`` as a router asks it.
    Recall (the right edit), wrong edit, missed, false hits (and apart: those on questions
    in a group with edits, most often the same entities asked something else, and those in a
-   group without edits), and the detector's cost per question. Nine files by default:
+   group without edits), and the detector's cost per question (and, each question decided
+   again with its vectors cached, the search and verdicts alone). Nine files by default:
    ``bench/data/natural_scope_holdout.jsonl`` (the bench
    set: no test reads it, nothing trains on it; the mistakes of its odd-numbered half were
    read while developing, never those of the even-numbered half),
@@ -214,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {name} | {100 * m['recall']:.1f} % | {100 * m['wrong_edit']:.1f} % | {100 * m['missed']:.1f} % | "
                   f"{100 * m['false_hit_rate']:.1f} % | {m['detector_ms_p50']:.1f} / {m['detector_ms_p95']:.1f} |")
         print("False hits: " + "; ".join(f"{name} {false_hit_split(r['natural'][file])}" for name, r in results["detectors"].items()))
+        print("Each question decided again (the edit detector's vectors and check scores cached; search and verdicts), p50: " +
+              ", ".join(f"{name} {r['natural'][file]['decide_again_ms_p50']:.1f} ms" for name, r in results["detectors"].items()))
     print(f"\ntotal {results['total_s']} s")
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(results, indent=2) + "\n")

@@ -553,6 +553,7 @@ def test_false_hits_are_counted_apart_for_neighbours_and_for_questions_about_any
     assert (loose["neighbour_false_hits"], loose["neighbour_questions"]) == (1, 1)
     assert (loose["unrelated_false_hits"], loose["unrelated_questions"]) == (2, 2)
     assert false_hit_split(loose) == "1 of 1 in a group with edits, 2 of 2 in a group without edits"
+    assert loose["decide_again_ms_p50"] > 0  # each question decided a second time, and timed
     shipped = evaluate_scope(edits, questions, scope, embedder=embedder)
     assert shipped["recall"] == 1.0 and shipped["neighbour_false_hits"] == shipped["unrelated_false_hits"] == 0
 
